@@ -1,0 +1,33 @@
+PY ?= python3.11
+VENV := .venv
+PIP := $(VENV)/bin/pip install -q -c constraints.txt
+SHARED ?= $(or $(SQUEEZENET_SHARED),../shared)
+
+.PHONY: demo test lint install install-test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/squeezenet demo --shared $(SHARED)
+
+test: install-test
+	$(VENV)/bin/ruff check squeezenet tests benchmarks
+	$(VENV)/bin/python -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check squeezenet tests benchmarks
+	$(VENV)/bin/ruff format --check squeezenet tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

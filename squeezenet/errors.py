@@ -1,0 +1,12 @@
+"""The project's one error type for user errors: bad paths, damaged files, wrong arguments.
+
+The CLI prints these as a single line and exits non-zero; anything else is a bug.
+"""
+
+
+class SqueezeNetError(Exception):
+    """A user-facing error whose message says what went wrong and where."""
+
+
+class FormatError(SqueezeNetError):
+    """A weights or data file that is damaged, truncated or not what it claims to be."""
