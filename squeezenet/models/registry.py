@@ -30,9 +30,6 @@ for _fn in (
 ):
     register(_fn)
 
-# Input size each architecture was designed for (Caffe's 227 crop for v1.0, 224 otherwise).
-DEFAULT_INPUT_SIZE = {"squeezenet1_0": 227, "squeezenet1_0_chainer": 227, "zfnet": 224}
-
 
 def list_models() -> list[str]:
     return sorted(_BUILDERS)
@@ -41,9 +38,12 @@ def list_models() -> list[str]:
 def build_model(arch: str, **kwargs) -> nn.Module:
     """Build ``arch`` with random weights; keyword arguments go to the builder."""
     if arch not in _BUILDERS:
-        raise SqueezeNetError(f"unknown architecture {arch!r}; choose from {', '.join(list_models())}")
+        raise SqueezeNetError(
+            f"unknown architecture {arch!r}; choose from {', '.join(list_models())}"
+        )
     return _BUILDERS[arch](**kwargs)
 
 
 def default_input_size(arch: str) -> int:
-    return DEFAULT_INPUT_SIZE.get(arch, 227 if arch.startswith("squeezenet1_0") else 224)
+    """Input side an architecture was designed for: Caffe's 227 crop for v1.0, else 224."""
+    return 227 if arch.startswith("squeezenet1_0") else 224

@@ -1,0 +1,61 @@
+"""``squeezenet convert`` and ``squeezenet download``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from ..data.datasets import squeezenet_home
+from ..errors import SqueezeNetError
+from ..weights.entries import ENTRIES, list_weights
+from ..weights.load import save_model, sha256_file
+from .common import add_weights_args, model_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("convert", help="any supported weights -> .safetensors")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
+    add_weights_args(p, required=False)
+    p.set_defaults(run=run_convert)
+    p = subparsers.add_parser("download", help="fetch named weights into the cache, hash-checked")
+    p.add_argument("name", choices=list_weights())
+    p.set_defaults(run=run_download)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    args.weights = args.src
+    model = model_from_args(args)
+    save_model(model, args.output)
+    info = model.weights_info
+    print(f"{args.output}: {info.arch}, {info.num_classes} classes, from {info.file_format}")
+
+
+def run_download(args: argparse.Namespace) -> None:
+    entry = ENTRIES[args.name]
+    home = squeezenet_home()
+    home.mkdir(parents=True, exist_ok=True)
+    files = {entry.filename: (entry.url, entry.sha256), **entry.companions}
+    for name, (url, sha) in files.items():
+        target = home / name
+        if target.exists() and sha256_file(target).startswith(sha):
+            print(f"{target}: already present")
+            continue
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{name}.")
+        os.close(fd)
+        try:
+            print(f"downloading {url}")
+            urllib.request.urlretrieve(url, tmp)
+            digest = sha256_file(Path(tmp))
+            if not digest.startswith(sha):
+                raise SqueezeNetError(f"{url}: SHA-256 {digest} does not match {sha}")
+            os.replace(tmp, target)
+        except OSError as e:
+            raise SqueezeNetError(f"{url}: download failed ({e})") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        print(f"{target}: ok")

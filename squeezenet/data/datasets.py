@@ -1,0 +1,154 @@
+"""Datasets: ``labels.csv`` folders, ImageFolder trees, loose image paths, class lists.
+
+Every dataset yields ``(tensor, label, index)``; an image that cannot be decoded yields
+``None`` so a long run skips and counts it instead of crashing (see ``collate_skipping``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..errors import SqueezeNetError
+from .transforms import load_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def shared_dir() -> Path:
+    """The project's shared data folder: $SQUEEZENET_SHARED, else ../shared beside the repo."""
+    if "SQUEEZENET_SHARED" in os.environ:
+        return Path(os.environ["SQUEEZENET_SHARED"])
+    return Path(__file__).resolve().parents[3] / "shared"
+
+
+def squeezenet_home() -> Path:
+    """Weights cache: $SQUEEZENET_HOME, default ~/.cache/squeezenet."""
+    return Path(os.environ.get("SQUEEZENET_HOME", Path.home() / ".cache" / "squeezenet"))
+
+
+def imagenet_classes() -> tuple[list[str], list[str]] | None:
+    """(wnids, names) of the 1,000 ImageNet classes from ``imagenet_classes.tsv``.
+
+    Looked up in $SQUEEZENET_HOME, then in the shared data folder; None when absent.
+    """
+    for path in (
+        squeezenet_home() / "imagenet_classes.tsv",
+        shared_dir() / "data/imagenet_classes.tsv",
+    ):
+        if path.is_file():
+            rows = list(csv.reader(path.open(encoding="utf-8"), delimiter="\t"))[1:]
+            if len(rows) != 1000:
+                raise SqueezeNetError(f"{path}: expected 1000 classes, found {len(rows)}")
+            return [r[1] for r in rows], [r[2].split(",")[0] for r in rows]
+    return None
+
+
+def list_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into image paths; error if none exist."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise SqueezeNetError(f"{p}: no such file or folder")
+    if not found:
+        raise SqueezeNetError(f"no images found in {', '.join(map(str, paths))}")
+    return found
+
+
+class ImageDataset(Dataset):
+    """Images with optional integer labels, decoded and preprocessed on access."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int] | None,
+        transform: Callable,
+        classes: list[str] | None = None,
+        draft_size: int | None = None,
+    ) -> None:
+        self.files = list(files)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.files)
+        self.transform = transform
+        self.classes = classes
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_image(self.files[i], self.draft_size)
+        except SqueezeNetError:
+            return None
+        return self.transform(image), self.labels[i], i
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None:
+    """Collate the readable samples; also return how many were skipped."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return None
+    x, y, i = default_collate(good)
+    return x, y, i, len(batch) - len(good)
+
+
+def read_labels_csv(root: Path) -> tuple[list[Path], list[int]]:
+    path = root / "labels.csv"
+    files, labels = [], []
+    with path.open(newline="", encoding="utf-8") as f:
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                files.append(root / row["file"])
+                labels.append(int(row["label"]))
+            except (KeyError, TypeError, ValueError):
+                raise SqueezeNetError(f"{path}:{n}: expected columns file,label") from None
+    if not files:
+        raise SqueezeNetError(f"{path}: no rows")
+    return files, labels
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    """``root/<class>/<image>`` -> (sorted class folder names, files, folder indices)."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise SqueezeNetError(f"{root}: no labels.csv and no class folders")
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        images = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise SqueezeNetError(f"{root / name}: class folder has no images")
+        files += images
+        labels += [k] * len(images)
+    return classes, files, labels
+
+
+def labelled_folder(
+    root: str | Path, transform: Callable, classes: list[str] | None = None, draft_size=None
+) -> ImageDataset:
+    """A labelled dataset from ``root/labels.csv`` or an ImageFolder tree.
+
+    For ImageFolder trees, folder names are mapped through ``classes`` (the model's own class
+    names or the ImageNet wnids) when every folder is among them; otherwise folders are
+    numbered in sorted order.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SqueezeNetError(f"{root}: no such folder")
+    if (root / "labels.csv").is_file():
+        files, labels = read_labels_csv(root)
+        return ImageDataset(files, labels, transform, classes, draft_size)
+    folders, files, labels = scan_image_folder(root)
+    if classes is not None and set(folders) <= set(classes):
+        lookup = {name: k for k, name in enumerate(classes)}
+        labels = [lookup[folders[k]] for k in labels]
+        return ImageDataset(files, labels, transform, classes, draft_size)
+    return ImageDataset(files, labels, transform, folders, draft_size)

@@ -1,0 +1,151 @@
+"""Image decoding and the two preprocessing presets, on Pillow and NumPy (no torchvision).
+
+* ``caffe``: BGR, 0-255, mean (104, 117, 123) subtracted, squash to 256x256, center crop 227.
+* ``torchvision``: RGB, short side to 256, center crop 224, /255, ImageNet mean/std.
+
+``load_image`` accepts any mode Pillow reads (grayscale, RGBA, palette, CMYK, 16-bit) and
+applies the EXIF orientation, so every image arrives as 8-bit RGB the right way up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import SqueezeNetError
+
+MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a network wants its input; callable on a PIL image, returns a CHW float32 tensor."""
+
+    name: str
+    resize: int  # target of the resize step (square side or short side)
+    crop: int  # center crop side
+    square_resize: bool  # True: squash to resize x resize; False: short side to resize
+    bgr: bool  # channel order the network expects
+    scale: float  # multiply 0-255 pixel values by this before normalising
+    mean: tuple[float, float, float]  # in the network's channel order and scale
+    std: tuple[float, float, float]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = resize(image, self.resize, square=self.square_resize)
+        image = center_crop(image, self.crop)
+        array = np.asarray(image, dtype=np.float32) * self.scale
+        if self.bgr:
+            array = array[:, :, ::-1]
+        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+    def with_size(self, crop: int) -> Preprocess:
+        """The same preset at another input size (resize scaled by the same 256/224 ratio)."""
+        return dataclasses.replace(self, crop=crop, resize=round(crop * self.resize / self.crop))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+        return cls(**clean)
+
+
+PRESETS = {
+    "caffe": Preprocess(
+        "caffe", 256, 227, True, True, 1.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0)
+    ),
+    "torchvision": Preprocess(
+        "torchvision", 256, 224, False, False, 1 / 255,
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+    ),
+}  # fmt: skip
+
+
+def get_preset(name: str) -> Preprocess:
+    if name not in PRESETS:
+        raise SqueezeNetError(
+            f"unknown preprocessing preset {name!r}; choose from {sorted(PRESETS)}"
+        )
+    return PRESETS[name]
+
+
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB image, EXIF-rotated; raise SqueezeNetError if unreadable.
+
+    ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while staying at least
+    that size, which makes large photos several times cheaper to decode.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise SqueezeNetError(
+                        f"{path}: image of {image.width}x{image.height} pixels is larger than "
+                        f"the {MAX_PIXELS:,}-pixel limit"
+                    )
+                if draft_size and image.format == "JPEG":
+                    image.draft("RGB", (draft_size, draft_size))
+                image = ImageOps.exif_transpose(image)
+                return to_rgb(image)
+    except SqueezeNetError:
+        raise
+    except FileNotFoundError:
+        raise SqueezeNetError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SqueezeNetError(f"{path}: is a directory, not an image") from None
+    except Exception as e:  # Pillow raises many types for damaged files
+        raise SqueezeNetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image.load()
+    return image
+
+
+def resize(image: Image.Image, size: int, *, square: bool) -> Image.Image:
+    """Bilinear resize, either squashed to ``size`` x ``size`` or with the short side = size."""
+    if square:
+        target = (size, size)
+    else:
+        w, h = image.size
+        short = min(w, h)
+        target = (round(w * size / short), round(h * size / short))
+        target = (size if w == short else target[0], size if h == short else target[1])
+    if image.size == target:
+        return image
+    return image.resize(target, Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Crop the central ``size`` x ``size`` square (pads with black if the image is smaller)."""
+    w, h = image.size
+    if w < size or h < size:
+        padded = Image.new("RGB", (max(w, size), max(h, size)))
+        padded.paste(image, ((padded.width - w) // 2, (padded.height - h) // 2))
+        image, w, h = padded, padded.width, padded.height
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))

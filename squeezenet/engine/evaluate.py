@@ -1,0 +1,142 @@
+"""Batched prediction and top-k evaluation, decoding images in worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.datasets import ImageDataset, collate_skipping, labelled_folder
+from ..errors import SqueezeNetError
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def loader_for(dataset: ImageDataset, batch_size: int, workers: int | None) -> DataLoader:
+    workers = default_workers() if workers is None else workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def run(
+    forward: Forward,
+    dataset: ImageDataset,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "images",
+) -> tuple[np.ndarray, list[int]]:
+    """Logits for every readable image, in dataset order; also the indices that were skipped."""
+    logits = np.zeros((len(dataset), 0), np.float32)
+    seen = np.zeros(len(dataset), bool)
+    bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for batch in loader_for(dataset, batch_size, workers):
+            if batch is None:
+                bar.update(batch_size)
+                continue
+            x, _, index, skipped = batch
+            out = forward(x).float().numpy()
+            if logits.shape[1] == 0:
+                logits = np.zeros((len(dataset), out.shape[1]), np.float32)
+            logits[index.numpy()] = out
+            seen[index.numpy()] = True
+            bar.update(len(index) + skipped)
+    bar.close()
+    return logits, [i for i in range(len(dataset)) if not seen[i]]
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict:
+    """Fraction of rows whose label is among the k largest logits, for each k."""
+    order = np.argsort(-logits, axis=1)
+    return {f"top{k}": float((order[:, :k] == labels[:, None]).any(1).mean()) for k in ks}
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data: str | Path,
+    *,
+    forward: Forward | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Top-1/top-5 of ``model`` on a labels.csv folder or an ImageFolder tree.
+
+    Returns ``{"top1", "top5", "n", "skipped"}`` with accuracies as fractions in 0..1;
+    images that cannot be decoded are skipped and counted.
+    """
+    info = model.weights_info
+    dataset = labelled_folder(
+        data, info.preprocess, info.class_ids, draft_size=info.preprocess.resize
+    )
+    if info.class_ids is None and dataset.classes and len(dataset.classes) != info.num_classes:
+        raise SqueezeNetError(
+            f"{data}: has {len(dataset.classes)} classes, the model has {info.num_classes} "
+            "outputs and no class names to map folders by"
+        )
+    logits, skipped = run(
+        forward or model, dataset, batch_size=batch_size, workers=workers, progress=progress
+    )
+    keep = np.setdiff1d(np.arange(len(dataset)), skipped)
+    if keep.size == 0:
+        raise SqueezeNetError(f"{data}: none of the {len(dataset)} images could be decoded")
+    labels = np.asarray(dataset.labels)
+    k = min(5, logits.shape[1])
+    result = topk_accuracy(logits[keep], labels[keep], (1, k))
+    result.setdefault("top5", result.get(f"top{k}", 1.0))
+    return {**result, "n": int(keep.size), "skipped": len(skipped)}
+
+
+def predict(
+    model: torch.nn.Module,
+    files: Sequence[Path],
+    *,
+    topk: int = 5,
+    forward: Forward | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], np.ndarray]:
+    """Top-k classes for each image: ``[{"file", "top": [{"index", "label", "prob"}]}]``.
+
+    Also returns the (N, classes) float32 logits in input order. An unreadable image raises
+    ``SqueezeNetError`` naming it (predict is asked about specific files).
+    """
+    info = model.weights_info
+    dataset = ImageDataset(files, None, info.preprocess, draft_size=info.preprocess.resize)
+    logits, skipped = run(
+        forward or model, dataset, batch_size=batch_size, workers=workers, progress=progress
+    )
+    if skipped:
+        from ..data.transforms import load_image
+
+        load_image(files[skipped[0]])  # raises the decoder's own message for the first bad file
+    return [
+        {"file": str(f), "top": top_classes(row, info, topk)}
+        for f, row in zip(files, logits, strict=True)
+    ], logits
+
+
+def top_classes(logits: np.ndarray, info, topk: int) -> list[dict]:
+    """Softmax probabilities of the ``topk`` best classes of one logits row."""
+    z = logits.astype(np.float64) - logits.max()
+    probs = np.exp(z) / np.exp(z).sum()
+    best = np.argsort(-probs)[:topk]
+    return [{"index": int(i), "label": info.label(int(i)), "prob": float(probs[i])} for i in best]

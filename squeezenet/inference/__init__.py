@@ -1,0 +1,1 @@
+"""Fast inference: backends behind one interface, export, quantization, benchmarks."""

@@ -1,0 +1,41 @@
+"""Parameter count, float32 size and multiply-accumulates of a model at an input size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates of conv and linear layers for one image (hooks on a real forward)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, _inp, out: torch.Tensor) -> None:
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, image_size, image_size))
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def model_stats(model: nn.Module, image_size: int) -> dict:
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": params, "size_mb": params * 4 / 1e6, "macs": count_macs(model, image_size)}

@@ -1,0 +1,53 @@
+"""The project's own format: safetensors tensors plus a JSON metadata block.
+
+The metadata (stored under the ``squeezenet`` key of the safetensors header) holds the
+architecture and its keyword arguments, class names, the preprocessing preset, where the
+weights came from and that source's SHA-256, so a file is usable on its own anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from ...errors import FormatError
+
+META_KEY = "squeezenet"
+
+
+def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Return (state dict of arrays, metadata dict); metadata is {} for foreign files."""
+    path = Path(path)
+    try:
+        arrays = load_file(path)
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+    except (SafetensorError, ValueError, OSError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: not a valid safetensors file ({e})") from None
+    raw = header.get("__metadata__", {}).get(META_KEY)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise FormatError(f"{path}: damaged '{META_KEY}' metadata block") from None
+    return arrays, meta
+
+
+def write(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        save_file(contiguous, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,32 @@
+"""torchvision ``.pth`` state dicts (``features.N...``, ``classifier.1...``), loaded safely."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import FormatError
+
+
+def read(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a ``torch.save``d state dict (weights only, no code execution) as arrays."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            OSError, TypeError, AttributeError, UnicodeDecodeError) as e:  # fmt: skip
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"{path}: not a readable PyTorch state dict ({reason})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FormatError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    return {k.removeprefix("module."): v.numpy() for k, v in obj.items()}
+
+
+def write(path: str | Path, state: dict[str, np.ndarray]) -> None:
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)
