@@ -245,8 +245,10 @@ def _caffe_shapes(prototxt: Path | None) -> tuple[list[tuple[str, tuple[int, ...
             net = caffe.parse_prototxt(Path(prototxt).read_text())
         except OSError as e:
             raise SqueezeNetError(f"{prototxt}: cannot read prototxt ({e.strerror})") from None
-        records = caffe.conv_layers(net)
-        return [(r.name, r.shape) for r in records], records[-1].pad
+        specs = caffe.conv_specs(net)
+        if not specs:
+            raise FormatError(f"{prototxt}: no Convolution layers")
+        return [(spec.name, spec.shape) for spec in specs], specs[-1].pad[0]
     model = build_model("squeezenet1_0")
     shapes = [
         (name, tuple(m.weight.shape))
