@@ -52,8 +52,10 @@ def test_every_arch_runs_on_several_sizes_and_class_counts(arch):
 def test_bypass_variants_add_the_papers_connections():
     simple = build_model("squeezenet1_0_bypass")
     complex_ = build_model("squeezenet1_0_complex_bypass")
-    n_simple = sum(isinstance(m.bypass, torch.nn.Identity) for m in simple.features[3:] if hasattr(m, "bypass"))
-    n_conv = sum(isinstance(m.bypass, torch.nn.Conv2d) for m in complex_.features if hasattr(m, "bypass"))
+    fires = [m for m in simple.features if hasattr(m, "bypass")]
+    n_simple = sum(isinstance(m.bypass, torch.nn.Identity) for m in fires)
+    fires = [m for m in complex_.features if hasattr(m, "bypass")]
+    n_conv = sum(isinstance(m.bypass, torch.nn.Conv2d) for m in fires)
     assert n_simple == 4  # fire3, 5, 7, 9 have equal in/out channels
     assert n_conv == 4  # fire2, 4, 6, 8 get a 1x1 projection
     # Simple bypass adds no parameters, so v1.0 weights load into it unchanged.

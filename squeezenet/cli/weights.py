@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import urllib.request
-from pathlib import Path
 
 from ..data.datasets import squeezenet_home
 from ..errors import SqueezeNetError
+from ..io import atomic_output
 from ..weights.entries import ENTRIES, list_weights
 from ..weights.load import save_model, sha256_file
 from .common import add_weights_args, model_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert", help="any supported weights -> .safetensors")
+    p = subparsers.add_parser(
+        "convert", help="any supported weights -> .safetensors (or .pth, .caffemodel, .npz)"
+    )
     p.add_argument("src", metavar="SRC")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT",
+        help="output file; its suffix picks the format: .safetensors (default, keeps metadata), "
+        ".pth (torchvision), .caffemodel (Caffe), .npz (old Chainer layout)",
+    )  # fmt: skip
     add_weights_args(p, required=False)
     p.set_defaults(run=run_convert)
     p = subparsers.add_parser("download", help="fetch named weights into the cache, hash-checked")
@@ -44,18 +48,13 @@ def run_download(args: argparse.Namespace) -> None:
         if target.exists() and sha256_file(target).startswith(sha):
             print(f"{target}: already present")
             continue
-        fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{name}.")
-        os.close(fd)
+        print(f"downloading {url}")
         try:
-            print(f"downloading {url}")
-            urllib.request.urlretrieve(url, tmp)
-            digest = sha256_file(Path(tmp))
-            if not digest.startswith(sha):
-                raise SqueezeNetError(f"{url}: SHA-256 {digest} does not match {sha}")
-            os.replace(tmp, target)
+            with atomic_output(target) as tmp:
+                urllib.request.urlretrieve(url, tmp)
+                digest = sha256_file(tmp)
+                if not digest.startswith(sha):
+                    raise SqueezeNetError(f"{url}: SHA-256 {digest} does not match {sha}")
         except OSError as e:
             raise SqueezeNetError(f"{url}: download failed ({e})") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         print(f"{target}: ok")

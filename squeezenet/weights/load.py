@@ -117,11 +117,15 @@ def detect_format(path: Path) -> str:
         return "onnx"
     if suffix == ".npz":
         return "chainer"
-    if head[:2] == b"PK":  # a zip: torch.save (has data.pkl) or an npz
-        with zipfile.ZipFile(path) as z:
-            return "torchvision" if any(n.endswith("data.pkl") for n in z.namelist()) else "chainer"
     if head[:1] == b"\x80" or suffix in (".pth", ".pt"):
         return "torchvision"
+    if head[:2] == b"PK":  # a zip: torch.save (has data.pkl) or an npz
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            raise FormatError(f"{path}: damaged zip archive") from None
+        return "torchvision" if any(n.endswith("data.pkl") for n in names) else "chainer"
     raise FormatError(
         f"{path}: cannot tell the weights format from its name or first bytes; "
         f"pass --format ({', '.join(FORMATS)})"
@@ -136,16 +140,14 @@ def _arch_of_state(state: dict[str, np.ndarray]) -> tuple[str, dict, int]:
     if "classifier.6.weight" in state:  # AlexNet-style fully connected head
         arch = "zfnet" if first.shape[-1] == 7 else "alexnet"
         return arch, {}, int(state["classifier.6.weight"].shape[0])
-    version = "1_0" if first.shape[-1] == 7 else "1_1"
-    kwargs: dict = {}
+    arch = "squeezenet1_0" if first.shape[-1] == 7 else "squeezenet1_1"
+    kwargs: dict = {"dense_head": "fc.weight" in state}
     if any(k.endswith(".bn.weight") for k in state):
-        kwargs["batch_norm"] = True
+        arch += "_bn"
     if any(k.endswith(".bypass.weight") for k in state):
-        kwargs["bypass"] = "complex"
-    if "fc.weight" in state:
-        kwargs["dense_head"] = True
-        return f"squeezenet{version}", kwargs, int(state["fc.weight"].shape[0])
-    return f"squeezenet{version}", kwargs, int(state["classifier.1.weight"].shape[0])
+        kwargs["bypass"] = "complex"  # a simple (identity) bypass leaves no trace in the keys
+    head = state["fc.weight"] if kwargs["dense_head"] else state["classifier.1.weight"]
+    return arch, kwargs, int(head.shape[0])
 
 
 def _arch_of_layers(layers: Layers) -> tuple[str, int]:
@@ -241,11 +243,7 @@ def _caffe_shapes(prototxt: Path | None) -> tuple[list[tuple[str, tuple[int, ...
     if prototxt is not None:
         from .formats import caffe
 
-        try:
-            net = caffe.parse_prototxt(Path(prototxt).read_text())
-        except OSError as e:
-            raise SqueezeNetError(f"{prototxt}: cannot read prototxt ({e.strerror})") from None
-        specs = caffe.conv_specs(net)
+        specs = caffe.conv_specs(caffe.read_prototxt(prototxt))
         if not specs:
             raise FormatError(f"{prototxt}: no Convolution layers")
         return [(spec.name, spec.shape) for spec in specs], specs[-1].pad[0]
@@ -383,11 +381,45 @@ def create_model(
     return model.eval()
 
 
-def save_model(model: nn.Module, path: str | Path, **overrides) -> None:
-    """Write ``model`` in the project's format (safetensors + metadata)."""
-    from .formats import safetensors
+def model_layers(model: nn.Module) -> Layers:
+    """The inverse of ``assign_layers``: the model's parametrised modules in data-flow order."""
+    layers: Layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+            params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+            params.pop("num_batches_tracked", None)
+            layers.append((name, params))
+    return layers
 
-    meta = model.weights_info.to_meta() if hasattr(model, "weights_info") else {}
-    meta.update(overrides)
-    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    safetensors.write(path, arrays, meta)
+
+SAVE_FORMATS = {".safetensors": "safetensors", ".pth": "torchvision", ".pt": "torchvision",
+                ".caffemodel": "caffe", ".npz": "chainer"}  # fmt: skip
+
+
+def save_model(model: nn.Module, path: str | Path, **overrides) -> None:
+    """Write ``model``; the suffix picks the format (default: safetensors + metadata).
+
+    ``.caffemodel`` and ``.npz`` (the old Chainer layout) take their layers by position;
+    ``.pth`` is a torchvision-style state dict. Only safetensors keeps the metadata.
+    """
+    path = Path(path)
+    fmt = SAVE_FORMATS.get(path.suffix.lower(), "safetensors")
+    if fmt == "caffe":
+        from .formats import caffe
+
+        caffe.write_caffemodel(path, model_layers(model))
+    elif fmt == "chainer":
+        from .formats import chainer
+
+        chainer.write(path, model_layers(model))
+    else:
+        arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        if fmt == "torchvision":
+            from .formats import torchvision
+
+            torchvision.write(path, arrays)
+        else:
+            from .formats import safetensors
+
+            meta = model.weights_info.to_meta() if hasattr(model, "weights_info") else {}
+            safetensors.write(path, arrays, {**meta, **overrides})

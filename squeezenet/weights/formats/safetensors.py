@@ -8,8 +8,6 @@ weights came from and that source's SHA-256, so a file is usable on its own anyw
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ...errors import FormatError
+from ...io import atomic_output
 
 META_KEY = "squeezenet"
 
@@ -41,13 +40,6 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def write(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    with atomic_output(path) as tmp:
         save_file(contiguous, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ...errors import FormatError
+from ...io import atomic_output
 
 
 def read(path: str | Path) -> dict[str, np.ndarray]:
@@ -29,4 +30,6 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def write(path: str | Path, state: dict[str, np.ndarray]) -> None:
-    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)
+    """Write a state dict that ``torch.load`` (and torchvision) reads, atomically."""
+    with atomic_output(path) as tmp:
+        torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, tmp)
