@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import SqueezeNetError
+
 
 def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
     """Multiply-accumulates of conv and linear layers for one image (hooks on a real forward)."""
@@ -30,6 +32,12 @@ def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
         with torch.no_grad():
             model(torch.zeros(1, in_chans, image_size, image_size))
         model.train(was_training)
+    except RuntimeError as e:
+        if "too small" not in str(e):
+            raise
+        raise SqueezeNetError(
+            f"input of {image_size}x{image_size} is too small for {type(model).__name__}"
+        ) from None
     finally:
         for h in hooks:
             h.remove()

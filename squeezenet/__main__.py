@@ -1,0 +1,7 @@
+"""``python -m squeezenet`` is the ``squeezenet`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
