@@ -21,8 +21,9 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_predict_json_and_logits(shared, tmp_path):
     photos = shared("data/photos")
-    out = cli("predict", photos / "chelsea.png", photos / "coffee.png", "--weights", shared(NCNN),
-              "--json", "--topk", "3", "--save-logits", tmp_path / "l.npy", "--workers", "0")  # fmt: skip
+    images = [photos / "chelsea.png", photos / "coffee.png"]
+    out = cli("predict", *images, "--weights", shared(NCNN), "--json", "--topk", "3",
+              "--save-logits", tmp_path / "l.npy", "--workers", "0")  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["file"] for r in rows] == [str(photos / "chelsea.png"), str(photos / "coffee.png")]
