@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...errors import FormatError
+from ...io import atomic_write_bytes
 from . import Layers
 
 V1_TYPES = {4: "Convolution", 14: "InnerProduct", 39: "Deconvolution"}
@@ -533,17 +532,4 @@ def write_caffemodel(
             chunks.append(_enc_layers(name, kind, params, legacy))
     except ValueError as e:
         raise FormatError(f"{path}: {e}") from None
-    _atomic_write(path, b"".join(chunks))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, b"".join(chunks))

@@ -13,8 +13,6 @@ so a damaged header cannot ask for a huge allocation; object arrays (pickles) ar
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FormatError
+from ...io import atomic_output
 from . import Layers
 
 LAYER_NAMES = [
@@ -169,13 +168,5 @@ def write(path: str | Path, layers: Layers) -> None:
                 arrays[f"{layer}/{src}"] = np.asarray(params[dst], np.float32)
         named.append((layer, params))
     _check(path, named)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import FormatError
+from ...io import atomic_write_bytes
 from . import Layers
 
 LAYER_COUNT = 26
@@ -195,14 +195,7 @@ def write_raw(path: str | Path, layers: list[CompressedLayer]) -> None:
             np.asarray(layer.codes, "u1").tobytes(),
             (gaps[0::2] | (gaps[1::2] << 4)).tobytes(),
         ]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"".join(chunks))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, b"".join(chunks))
 
 
 _TOKEN = re.compile(r'(\w+)\s*\{|\}|(\w+)\s*:\s*("[^"]*"|[^\s{}]+)')
