@@ -78,8 +78,12 @@ def get_preset(name: str) -> Preprocess:
     return PRESETS[name]
 
 
-def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def load_image(
+    path: str | Path, draft_size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """Decode ``path`` to an 8-bit RGB image, EXIF-rotated; raise SqueezeNetError if unreadable.
+
+    ``path`` may also be a binary file object; images over ``max_pixels`` are refused.
 
     ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while staying at least
     that size, which makes large photos several times cheaper to decode.
@@ -88,10 +92,10 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
+                if image.width * image.height > max_pixels:
                     raise SqueezeNetError(
                         f"{path}: image of {image.width}x{image.height} pixels is larger than "
-                        f"the {MAX_PIXELS:,}-pixel limit"
+                        f"the {max_pixels:,}-pixel limit"
                     )
                 if draft_size and image.format == "JPEG":
                     image.draft("RGB", (draft_size, draft_size))

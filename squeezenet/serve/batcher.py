@@ -1,0 +1,112 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass.
+
+Requests wait in a queue; a single loop takes the first one, then keeps collecting until it has
+``max_batch`` or ``max_wait_ms`` has passed, and runs the batch in one inference thread while
+the event loop goes on accepting and decoding the next requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's logits row and how it was served."""
+
+    logits: np.ndarray
+    batch_size: int
+    queue_ms: float  # from submission to the start of its batch's forward pass
+    inference_ms: float  # the batch's forward pass
+
+
+class MicroBatcher:
+    """``await batcher(chw_tensor)`` returns that image's logits, computed in a shared batch."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.forward, self.max_batch, self.max_wait = forward, max_batch, max_wait_ms / 1000
+        self.on_batch = on_batch  # called with (batch size, seconds of inference)
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future, float]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="squeezenet-inference")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait()[1].cancel()
+        self._executor.shutdown(wait=True)
+
+    async def __call__(self, x: torch.Tensor) -> BatchResult:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((x, future, time.perf_counter()))
+        return await future
+
+    async def _collect(self) -> list[tuple[torch.Tensor, asyncio.Future, float]]:
+        """The first waiting request, plus all that arrive before the batch is full or due."""
+        items = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait
+        while len(items) < self.max_batch:
+            if not self._queue.empty():
+                items.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [item for item in items if not item[1].done()]  # drop requests that timed out
+
+    def _run(self, batch: torch.Tensor) -> tuple[np.ndarray, float, float]:
+        start = time.perf_counter()
+        logits = np.asarray(self.forward(batch), dtype=np.float32)
+        return logits, start, time.perf_counter() - start
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            if not items:
+                continue
+            try:
+                batch = torch.stack([x for x, _, _ in items])
+                logits, start, seconds = await loop.run_in_executor(
+                    self._executor, self._run, batch
+                )
+            except Exception as e:  # a failed batch fails its requests, not the loop
+                for _, future, _ in items:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            if self.on_batch:
+                self.on_batch(len(items), seconds)
+            for row, (_, future, submitted) in zip(logits, items, strict=True):
+                if not future.done():
+                    future.set_result(
+                        BatchResult(row, len(items), (start - submitted) * 1e3, seconds * 1e3)
+                    )

@@ -1,0 +1,144 @@
+"""The HTTP service: same answers as ``predict --json``, batching, limits, metrics, CLI errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+from conftest import shared_path
+from fastapi.testclient import TestClient
+from live_server import serving
+from PIL import Image
+
+import squeezenet
+from squeezenet.cli import main
+from squeezenet.engine.evaluate import predict
+from squeezenet.serve.app import Limits, create_app
+
+
+@pytest.fixture(scope="module")
+def model():
+    return squeezenet.load_model(shared_path("weights/ncnn/squeezenet_v1.1.ncnn.param"))
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    limits = Limits(max_body_bytes=300_000, max_pixels=1_000_000, timeout_s=30)
+    with TestClient(create_app(model, backend="eager", limits=limits)) as c:
+        yield c
+
+
+def png_bytes(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("photo", ["chelsea.png", "cat.jpg"])
+def test_classify_answers_as_predict_json(client, model, photo):
+    path = shared_path(f"data/photos/{photo}")
+    expected = predict(model, [path], topk=5, workers=0, progress=False)[0][0]["top"]
+    data = path.read_bytes()
+    as_file = client.post("/v1/classify", files={"file": (photo, data, "image/octet-stream")})
+    as_body = client.post("/v1/classify?topk=3", content=data, headers={"content-type": "image/*"})
+    assert as_file.status_code == as_body.status_code == 200
+    assert as_file.json()["file"] == photo and as_body.json()["file"] == "upload"
+    for answer, k in ((as_file.json(), 5), (as_body.json(), 3)):
+        assert [t["index"] for t in answer["top"]] == [t["index"] for t in expected[:k]]
+        assert [t["label"] for t in answer["top"]] == [t["label"] for t in expected[:k]]
+        np.testing.assert_allclose(
+            [t["prob"] for t in answer["top"]], [t["prob"] for t in expected[:k]], rtol=1e-4
+        )
+        assert set(answer["timing"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+
+
+def test_concurrent_requests_share_one_batch(model):
+    data = shared_path("data/photos/chelsea.png").read_bytes()
+    app = create_app(model, backend="eager", max_batch=4, max_wait_ms=5000)
+
+    async def burst(url: str) -> list[dict]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            replies = await asyncio.gather(
+                *[http.post("/v1/classify", content=data) for _ in range(4)]
+            )
+            return [r.json() for r in replies]
+
+    with serving(app) as url:
+        answers = asyncio.run(burst(url))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert [a["batch_size"] for a in answers] == [4] * 4  # full before the 5 s wait ran out
+    assert all(a["top"] == answers[0]["top"] for a in answers)
+    assert "squeezenet_batch_size_count 1\n" in metrics
+    assert 'squeezenet_batch_size_bucket{le="2"} 0\n' in metrics
+    assert 'squeezenet_requests_total{route="/v1/classify",status="200"} 4' in metrics
+
+
+def test_request_over_the_timeout_is_a_408_and_the_server_goes_on(model):
+    data = shared_path("data/photos/chelsea.png").read_bytes()
+    limits = Limits(timeout_s=0.2)
+    app = create_app(model, backend="eager", max_batch=8, max_wait_ms=3000, limits=limits)
+    with TestClient(app) as c:
+        late = c.post("/v1/classify", content=data)  # waits 3 s for 7 more requests
+        assert late.status_code == 408 and "0.2 s limit" in late.json()["detail"]
+        assert c.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+        ({"content": b""}, 400, "empty image"),
+        ({"content": b"GIF89a not really"}, 422, "cannot decode image"),
+        ({"content": png_bytes((64, 64))[:60]}, 422, "upload: cannot decode image"),
+        ({"content": b"\0" * 300_001}, 413, "300,000-byte limit"),
+        ({"content": png_bytes((1001, 1000))}, 422, "larger than the 1,000,000-pixel limit"),
+        ({"files": {"file": ("a.png", b"1"), "more": ("b.png", b"2")}}, 400, "Too many files"),
+        ({"data": {"name": "x"}, "files": {"none": ("", b"")}}, 400, "no file part"),
+        ({"params": {"topk": 0}, "content": b"x"}, 422, "topk"),
+        ({"params": {"topk": "five"}, "content": b"x"}, 422, "valid integer"),
+    ],
+)
+def test_bad_requests_are_4xx_json_with_a_message(client, request_kwargs, status, message):
+    reply = client.post("/v1/classify", **request_kwargs)
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["detail"]
+
+
+def test_models_health_metrics_openapi_page(client):
+    meta = client.get("/v1/models").json()["models"][0]
+    assert meta["arch"] == "squeezenet1_1" and meta["num_classes"] == 1000
+    assert meta["preprocess"]["name"] == "torchvision" and meta["preprocess"]["crop"] == 224
+    assert meta["serving"] == {"backend": "eager", "max_batch": 32, "max_wait_ms": 5.0}
+    assert meta["limits"]["max_pixels"] == 1_000_000
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/v1/classify").status_code == 405
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'squeezenet_requests_total{route="/v1/models",status="200"} 1' in metrics.text
+    assert 'squeezenet_errors_total{route="other",status="404"} 1' in metrics.text
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*"} <= set(body)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text
+    assert 'fetch("/v1/classify' in client.get("/static/app.js").text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--weights", "no/such.param"], "no such file"),
+        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--timeout", "0"], "must be positive"),
+    ],
+)
+def test_serve_cli_errors_are_one_line(capsys, argv, message):
+    if "--weights" not in argv:
+        argv = ["--weights", str(shared_path("weights/ncnn/squeezenet_v1.1.ncnn.param")), *argv]
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
