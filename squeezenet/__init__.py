@@ -2,13 +2,14 @@
 
 from .errors import FormatError, SqueezeNetError
 from .models import list_models
-from .weights.entries import list_weights
+from .weights.entries import get_weights, list_weights
 from .weights.load import create_model, load_model, save_model
 
 __all__ = [
     "FormatError",
     "SqueezeNetError",
     "create_model",
+    "get_weights",
     "list_models",
     "list_weights",
     "load_model",

@@ -176,3 +176,11 @@ def test_layers_of_the_wrong_count(tmp_path):
     layers[3] = (layers[3][0], {**layers[3][1], "weight": np.zeros((1, 1, 1, 1), np.float32)})
     with pytest.raises(FormatError, match="has shape"):
         assign_layers(build_model("squeezenet1_1"), layers, "x")
+
+
+def test_named_weights_carry_their_preprocessing():
+    entry = squeezenet.get_weights("squeezenet1_0.deep_compression")
+    assert (entry.transforms().crop, entry.transforms().bgr) == (227, True)
+    assert squeezenet.get_weights("squeezenet1_1.ncnn").transforms().crop == 224
+    with pytest.raises(SqueezeNetError, match="unknown weights"):
+        squeezenet.get_weights("resnet50")

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..data.transforms import Preprocess, get_preset
+from ..errors import SqueezeNetError
+
 _DC = "https://github.com/songhan/SqueezeNet-Deep-Compression/raw/5623e3cdbe1fcd83328c61ce2ee42c34ed319aa3"
 _NCNN = "https://github.com/zchrissirhcz/squeezenet-ncnn-pnnx-opencv-cpp/raw/fc56736098dd40b834912d7409d4ab4931b30802"
 
@@ -32,6 +35,10 @@ class WeightsEntry:
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    def transforms(self) -> Preprocess:
+        """The preprocessing these weights need (torchvision's ``Weights.transforms()``)."""
+        return get_preset(self.preprocess)
 
 
 ENTRIES: dict[str, WeightsEntry] = {
@@ -97,6 +104,13 @@ ENTRIES: dict[str, WeightsEntry] = {
 
 def list_weights() -> list[str]:
     return sorted(ENTRIES)
+
+
+def get_weights(name: str) -> WeightsEntry:
+    """The registered entry ``name`` (see ``list_weights()``)."""
+    if name not in ENTRIES:
+        raise SqueezeNetError(f"unknown weights {name!r}; choose from {', '.join(ENTRIES)}")
+    return ENTRIES[name]
 
 
 def entry_for_sha256(digest: str) -> WeightsEntry | None:
