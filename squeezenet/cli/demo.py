@@ -39,7 +39,7 @@ def run_demo(args: argparse.Namespace) -> None:
         info = model.weights_info
         print(f"== {path.name}: {info.arch}, preprocessing '{info.preprocess.name}'")
         forward = optimize(model)
-        results, _ = predict(model, photos, topk=5, forward=forward)
+        results, _ = predict(model, photos, topk=5, forward=forward, progress=False)
         for r in results:
             top = ", ".join(f"{t['label']} {t['prob']:.0%}" for t in r["top"])
             print(f"  {Path(r['file']).name:22s} {top}")
