@@ -17,6 +17,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+	@# the browser test drives Debian's chromium through chromedriver (installed when missing)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	   chromium chromium-driver >/dev/null)
 
 demo: install
 	$(VENV)/bin/squeezenet demo --shared $(SHARED)
