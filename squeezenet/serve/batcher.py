@@ -82,9 +82,10 @@ class MicroBatcher:
                 break
         return [item for item in items if not item[1].done()]  # drop requests that timed out
 
-    def _run(self, batch: torch.Tensor) -> tuple[np.ndarray, float, float]:
+    def _run(self, images: list[torch.Tensor]) -> tuple[np.ndarray, float, float]:
+        """Stack and classify, in the inference thread (stacking can take milliseconds)."""
         start = time.perf_counter()
-        logits = np.asarray(self.forward(batch), dtype=np.float32)
+        logits = np.asarray(self.forward(torch.stack(images)), dtype=np.float32)
         return logits, start, time.perf_counter() - start
 
     async def _loop(self) -> None:
@@ -94,9 +95,9 @@ class MicroBatcher:
             if not items:
                 continue
             try:
-                batch = torch.stack([x for x, _, _ in items])
+                images = [x for x, _, _ in items]
                 logits, start, seconds = await loop.run_in_executor(
-                    self._executor, self._run, batch
+                    self._executor, self._run, images
                 )
             except Exception as e:  # a failed batch fails its requests, not the loop
                 for _, future, _ in items:
