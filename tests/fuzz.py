@@ -61,8 +61,13 @@ def bounded() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def check(target: str, kind: str, run: Callable[[], object], names: list[str], must_fail: bool):
-    """Run one input: a result (unless ``must_fail``) or a SqueezeNetError naming a file."""
+def check(
+    target: str, kind: str, run: Callable[[], object], names: list[str], must_fail: bool
+) -> str | None:
+    """Run one input: a result (unless ``must_fail``) or a SqueezeNetError naming a file.
+
+    Returns the error's message, or None when the input loaded.
+    """
     start = time.perf_counter()
     try:
         with bounded():
@@ -78,6 +83,7 @@ def check(target: str, kind: str, run: Callable[[], object], names: list[str], m
     if outcome == "error":
         assert "\n" not in message and any(n in message for n in names), message
     assert not (must_fail and outcome == "loaded"), f"{target}: {kind} input was accepted"
+    return message or None
 
 
 def report() -> None:
