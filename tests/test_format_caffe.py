@@ -40,7 +40,7 @@ def test_real_prototxt_conv_shapes_and_padding(name):
     shapes = caffe.conv_shapes(net)
     assert [s for _, s in shapes] == v10_shapes()
     assert shapes[0][0] == "conv1" and shapes[1][0] == "fire2/conv1x1_1"
-    pads = caffe.conv_padding(net)
+    pads = {spec.name: spec.pad for spec in caffe.conv_specs(net)}
     assert pads["conv_final"] == (1, 1) and pads["conv1"] == (0, 0)
     assert pads["fire2/conv3x3_2"] == (1, 1) and pads["fire2/conv1x1_2"] == (0, 0)
     assert caffe.conv_specs(net)[0].stride == (2, 2)

@@ -101,24 +101,6 @@ def test_real_round_trip_is_byte_exact(tmp_path):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == SHA256
 
 
-def test_shapes_from_prototxt():
-    assert dc.shapes_from_prototxt(shared_path(PROTOTXT).read_text()) == V10
-
-
-def test_shapes_from_prototxt_tracks_concat_and_group():
-    text = """input: "data" input_dim: 1 input_dim: 5 input_dim: 9 input_dim: 9
-    layer { name: "a" type: "Convolution" bottom: "data" top: "a"
-            convolution_param { num_output: 4 kernel_size: 3 } }
-    layer { name: "b" type: "Convolution" bottom: "data" top: "b"
-            convolution_param { num_output: 6 kernel_h: 1 kernel_w: 3 } }
-    layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
-    layer { name: "r" type: "ReLU" bottom: "cat" top: "cat" }  # in place
-    layer { name: "g" type: "Convolution" bottom: "cat" top: "g"
-            convolution_param { num_output: 5 group: 5 kernel_size: 1 } }"""
-    expected = [("a", (4, 5, 3, 3)), ("b", (6, 5, 1, 3)), ("g", (5, 2, 1, 1))]
-    assert dc.shapes_from_prototxt(text) == expected
-
-
 def test_small_round_trip(tmp_path):
     path = tmp_path / "small.net"
     dense = _small_file(path)

@@ -70,7 +70,7 @@ def build_targets(tmp: Path) -> dict[str, Target]:
     dc = "weights/deep-compression/"
     v10 = squeezenet.load_model(shared_path(dc + "compressed_SqueezeNet.net"))
     v11 = squeezenet.load_model(shared_path("weights/ncnn/squeezenet_v1.1.ncnn.param"))
-    shapes = deep_compression.shapes_from_prototxt(real(dc + "SqueezeNet_deploy.prototxt").decode())
+    shapes = caffe.conv_shapes(caffe.read_prototxt(shared_path(dc + "SqueezeNet_deploy.prototxt")))
     targets = {
         "deep_compression": Target(
             {"compressed_SqueezeNet.net": real(dc + "compressed_SqueezeNet.net")},
@@ -88,7 +88,7 @@ def build_targets(tmp: Path) -> dict[str, Target]:
         ),
         "caffe_prototxt": Target(
             {"deploy.prototxt": real(dc + "SqueezeNet_deploy.prototxt")},
-            lambda p: caffe.conv_shapes(caffe.read_prototxt(p)),
+            lambda p: caffe.conv_shapes(caffe.read_prototxt(p), source=str(p)),
             loadable=False,
             truncation_fails=False,
         ),
@@ -149,47 +149,18 @@ def try_input(name: str, folder: Path, which: str, damage: Damage, label: str) -
         check(f"load_model({name})", label, lambda: squeezenet.load_model(path), names, must_fail)
 
 
-# Bugs this fuzzing found in readers owned by others, each with its smallest known input: the
-# tests that meet them are expected failures until the bug is fixed (strict, so a fix shows up
-# as a failure: then remove the entry).
-KNOWN_BUGS = {
-    "torchvision": (
-        "v11.pth", Damage("random", (b"q",)),
-        "torchvision.read lets torch's weights-only unpickler raise IndexError or struct.error "
-        "(files b'q', b'r')",
-    ),
-    "chainer": (
-        "weights.npz", Damage("bitflip", ((213, 0),)),
-        "chainer.read lets numpy raise SyntaxError/tokenize.TokenError on a damaged .npy header",
-    ),
-    "caffe": (
-        "v10.caffemodel", Damage("bitflip", ((1, 0),)),
-        "load_model: a caffemodel that lost its first layer raises 'first layer of shape "
-        "(16, 96, 1, 1) matches no SqueezeNet version' without the file name",
-    ),
-    "caffe_prototxt": (
-        "deploy.prototxt", Damage("bitflip", ((190, 0),)),
-        "caffe.conv_shapes: errors say 'prototxt: layer conv1: ...' without the file name",
-    ),
-    "safetensors": (
-        "v11.safetensors", Damage("bitflip", ((52, 0),)),
-        "load_model: a damaged 'arch' in the metadata raises 'unknown architecture "
-        "'rqueezenet1_1'' without the file name",
-    ),
-}  # fmt: skip
-SWEEP_BUGS = {"caffe", "caffe_prototxt"}
+# Inputs this fuzzing found that once escaped as foreign exceptions or unnamed errors; kept as
+# regression cases (each must now end in a FormatError naming the file).
+FOUND = {
+    "torchvision": ("v11.pth", Damage("random", (b"q",))),  # IndexError / struct.error
+    "chainer": ("weights.npz", Damage("bitflip", ((213, 0),))),  # SyntaxError in .npy header
+    "caffe": ("v10.caffemodel", Damage("bitflip", ((1, 0),))),  # first layer lost, no path
+    "caffe_prototxt": ("deploy.prototxt", Damage("bitflip", ((190, 0),))),  # no path
+    "safetensors": ("v11.safetensors", Damage("bitflip", ((52, 0),))),  # bad 'arch', no path
+}
 
 
-def targets_with_bugs(bugs) -> list:
-    return [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n][2]))
-        if n in bugs
-        else n
-        for n in TARGET_NAMES
-    ]
-
-
-@pytest.mark.parametrize("name", targets_with_bugs(KNOWN_BUGS))
+@pytest.mark.parametrize("name", TARGET_NAMES)
 @FUZZ
 @given(data=st.data())
 def test_readers_survive_random_damage(workdir, name, data):
@@ -199,21 +170,17 @@ def test_readers_survive_random_damage(workdir, name, data):
     try_input(name, workdir, which, damage, damage.kind)
 
 
-@pytest.mark.parametrize("name", targets_with_bugs(SWEEP_BUGS))
+@pytest.mark.parametrize("name", ["caffe", "caffe_prototxt"])
 def test_readers_survive_truncation_and_bitflip_sweeps(workdir, name):
     for which, seed in targets()[name].files.items():
         for damage in sweep(len(seed)):
             try_input(name, workdir, which, damage, f"{damage.kind}-sweep")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n][2]))
-     for n in KNOWN_BUGS],
-)  # fmt: skip
-def test_known_bugs_smallest_inputs(workdir, name):
-    which, damage, _ = KNOWN_BUGS[name]
-    try_input(name, workdir, which, damage, "known-bug")
+@pytest.mark.parametrize("name", list(FOUND))
+def test_inputs_found_by_fuzzing(workdir, name):
+    which, damage = FOUND[name]
+    try_input(name, workdir, which, damage, "found")
 
 
 @pytest.mark.parametrize("name", TARGET_NAMES)

@@ -243,7 +243,10 @@ def _caffe_shapes(prototxt: Path | None) -> tuple[list[tuple[str, tuple[int, ...
     if prototxt is not None:
         from .formats import caffe
 
-        specs = caffe.conv_specs(caffe.read_prototxt(prototxt))
+        try:
+            specs = caffe.conv_specs(caffe.read_prototxt(prototxt))
+        except FormatError as e:
+            raise FormatError(f"{prototxt}: {str(e).removeprefix('prototxt: ')}") from None
         if not specs:
             raise FormatError(f"{prototxt}: no Convolution layers")
         return [(spec.name, spec.shape) for spec in specs], specs[-1].pad[0]
@@ -277,6 +280,21 @@ def load_model(
     The returned module carries ``weights_info`` (arch, preprocessing, class names, origin).
     """
     path, entry = resolve(spec)
+    try:
+        return _load_model(path, entry, file_format, prototxt, preprocess)
+    except SqueezeNetError as e:
+        if str(path) in str(e) or (prototxt and str(prototxt) in str(e)):
+            raise
+        raise type(e)(f"{path}: {e}") from None
+
+
+def _load_model(
+    path: Path,
+    entry: WeightsEntry | None,
+    file_format: str | None,
+    prototxt: str | Path | None,
+    preprocess: str | None,
+) -> nn.Module:
     digest = sha256_file(path)
     if entry is not None and not digest.startswith(entry.sha256):
         raise FormatError(f"{path}: SHA-256 {digest[:16]}... does not match {entry.name}")

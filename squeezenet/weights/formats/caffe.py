@@ -211,11 +211,12 @@ def _input_channels(net: dict, default: int) -> dict[str, int]:
     return channels
 
 
-def conv_specs(net: dict, input_channels: int = 3) -> list[ConvSpec]:
+def conv_specs(net: dict, input_channels: int = 3, source: str = "prototxt") -> list[ConvSpec]:
     """Every Convolution layer in file order, channels tracked through the blob graph.
 
     Concat adds channels, Convolution sets them, every other layer passes on its first
     input's; the net's inputs have ``input_dim[1]`` / ``input_shape`` or ``input_channels``.
+    Errors start with ``source`` (the prototxt's path, where known).
     """
     channels = _input_channels(net, input_channels)
     specs = []
@@ -224,9 +225,9 @@ def conv_specs(net: dict, input_channels: int = 3) -> list[ConvSpec]:
         try:
             spec = _conv_spec(layer, channels, input_channels)
         except ValueError as e:
-            raise FormatError(f"prototxt: layer {name}: {e}") from None
+            raise FormatError(f"{source}: layer {name}: {e}") from None
         except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
-            raise FormatError(f"prototxt: layer {name}: bad or missing field {e}") from None
+            raise FormatError(f"{source}: layer {name}: bad or missing field {e}") from None
         specs += [spec] if spec else []
     return specs
 
@@ -262,14 +263,11 @@ def _conv_spec(layer: dict, channels: dict[str, int], default: int) -> ConvSpec 
     return spec
 
 
-def conv_shapes(net: dict, input_channels: int = 3) -> list[tuple[str, tuple[int, int, int, int]]]:
+def conv_shapes(
+    net: dict, input_channels: int = 3, source: str = "prototxt"
+) -> list[tuple[str, tuple[int, int, int, int]]]:
     """[(name, (out, in/group, kh, kw))] of every Convolution layer, in file order."""
-    return [(spec.name, spec.shape) for spec in conv_specs(net, input_channels)]
-
-
-def conv_padding(net: dict) -> dict[str, tuple[int, int]]:
-    """{conv layer name: (pad_h, pad_w)}; e.g. SqueezeNet v1.0's conv10 has (1, 1)."""
-    return {spec.name: spec.pad for spec in conv_specs(net)}
+    return [(spec.name, spec.shape) for spec in conv_specs(net, input_channels, source)]
 
 
 # --- protobuf wire format ------------------------------------------------------------------

@@ -13,6 +13,7 @@ so a damaged header cannot ask for a huge allocation; object arrays (pickles) ar
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -71,7 +72,9 @@ def _load(path: Path) -> dict[str, np.ndarray]:
                     raise FormatError(f"{path}: unexpected or repeated member {info.filename!r}")
                 try:
                     arrays[key] = _member(zf, info)
-                except (ValueError, EOFError, OSError, zlib.error, zipfile.BadZipFile) as e:
+                except (ValueError, EOFError, OSError, zlib.error, zipfile.BadZipFile,
+                        SyntaxError, tokenize.TokenError) as e:  # fmt: skip
+                    # numpy parses the .npy header as a Python literal: damage -> SyntaxError
                     raise FormatError(f"{path}: array {key!r}: {e}") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise FormatError(f"{path}: not a readable npz file ({e})") from None

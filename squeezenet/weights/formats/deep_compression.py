@@ -5,7 +5,7 @@ Layout, all little-endian: ``uint32 nz[26]``, then per conv layer in prototxt or
 ``uint8 gaps[(nz-1)//2+1]`` (4-bit gaps, low nibble first). The k-th stored value sits at
 ``cumsum(gap+1)-1`` of the flattened (out, in, kh, kw) weight; other positions are 0. A run of
 more than 15 zeros is bridged by "filler" entries (gap 15, code 0, value 0.0). The file
-holds no shapes, so the caller passes them (see :func:`shapes_from_prototxt`).
+holds no shapes, so the caller passes them (from the architecture or a Caffe prototxt).
 
 Facts checked on the real file: ``codebook[0] == 0.0`` in every layer and no other entry is
 0.0; every code-0 entry has gap 15, i.e. is a filler, and no stored value other than a filler
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,52 +195,3 @@ def write_raw(path: str | Path, layers: list[CompressedLayer]) -> None:
             (gaps[0::2] | (gaps[1::2] << 4)).tobytes(),
         ]
     atomic_write_bytes(path, b"".join(chunks))
-
-
-_TOKEN = re.compile(r'(\w+)\s*\{|\}|(\w+)\s*:\s*("[^"]*"|[^\s{}]+)')
-
-
-def shapes_from_prototxt(text: str) -> Shapes:
-    """Conv weight shapes [(name, (out, in, kh, kw))] of a Caffe prototxt, in layer order.
-
-    A tiny tokenizer, enough for plain conv nets: channels are tracked through Concat (sum)
-    and other layers (first input's count); the network input has ``input_dim[1]`` or 3.
-    """
-    layers: list[dict] = []
-    stack: list[str] = []
-    input_dims: list[int] = []
-    for match in _TOKEN.finditer(re.sub(r"#.*", "", text)):
-        block, key, value = match.groups()
-        value = value.strip('"') if value else value
-        if block:
-            stack.append(block)
-            if stack == ["layer"]:
-                layers.append({"bottom": [], "top": []})
-        elif not key:
-            if not stack:
-                raise FormatError("prototxt: unbalanced '}'")
-            stack.pop()
-        elif not stack and key == "input_dim":
-            input_dims.append(int(value))
-        elif stack == ["layer"] and key in ("bottom", "top"):
-            layers[-1][key].append(value)
-        elif stack in (["layer"], ["layer", "convolution_param"]):
-            layers[-1].setdefault(key, value)
-    default = input_dims[1] if len(input_dims) > 1 else 3
-    channels: dict[str, int] = {}
-    shapes: Shapes = []
-    for layer in layers:
-        inputs = [channels.get(b, default) for b in layer["bottom"]] or [default]
-        if layer.get("type") == "Convolution":
-            try:
-                out, group = int(layer["num_output"]), int(layer.get("group", 1))
-                kh = int(layer.get("kernel_h", layer.get("kernel_size")))
-                kw = int(layer.get("kernel_w", layer.get("kernel_size")))
-                shapes.append((layer["name"], (out, inputs[0] // group, kh, kw)))
-            except (KeyError, TypeError, ValueError):
-                raise FormatError(f"prototxt: layer {layer.get('name')}: bad conv params") from None
-            count = out
-        else:
-            count = sum(inputs) if layer.get("type") == "Concat" else inputs[0]
-        channels.update(dict.fromkeys(layer["top"], count))
-    return shapes
