@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import struct
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -152,3 +154,21 @@ def sweep(size: int, count: int = 24) -> Iterator[Damage]:
     cuts = {*range(0, min(size, 64), 7), *(size * i // count for i in range(1, count))}
     yield from (Damage("truncate", (cut,)) for cut in sorted(cuts))
     yield from (Damage("bitflip", (((size - 1) * i // (count - 1), 4),)) for i in range(count))
+
+
+def png(width: int, height: int, rows: bytes | None = None) -> bytes:
+    """A 1-bit grayscale PNG; ``rows`` defaults to all-zero pixels (compresses ~1000:1)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    if rows is None:
+        rows = bytes((width + 7) // 8 + 1) * height
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )

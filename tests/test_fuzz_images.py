@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 import io
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
 from conftest import shared_path
-from fuzz import FUZZ, check, damages, report, sweep
+from fuzz import FUZZ, check, damages, png, report, sweep
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
@@ -78,24 +77,6 @@ def test_loader_survives_truncation_and_bitflip_sweeps(tmp_path, name):
     seed = seeds()[name]
     for damage in sweep(len(seed), count=32):
         try_image(tmp_path, name, damage.apply(seed), f"{damage.kind}-sweep")
-
-
-def png(width: int, height: int, rows: bytes | None = None) -> bytes:
-    """A 1-bit grayscale PNG; ``rows`` defaults to all-zero pixels (compresses ~1000:1)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    if rows is None:
-        rows = bytes((width + 7) // 8 + 1) * height
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows, 9))
-        + chunk(b"IEND", b"")
-    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:

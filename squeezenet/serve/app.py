@@ -174,14 +174,15 @@ def create_app(
     forward = optimize(model, backend)
     metrics = Metrics()
     batcher = MicroBatcher(forward, max_batch, max_wait_ms, on_batch=metrics.on_batch)
-    decoder = ThreadPoolExecutor(decode_threads or os.cpu_count(), thread_name_prefix="decode")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        threads = decode_threads or os.cpu_count()
+        app.state.decoder = ThreadPoolExecutor(threads, thread_name_prefix="squeezenet-decode")
         batcher.start()
         yield
         await batcher.stop()
-        decoder.shutdown(wait=False, cancel_futures=True)
+        app.state.decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="squeezenet",
@@ -241,7 +242,8 @@ def create_app(
         try:
             async with asyncio.timeout(limits.timeout_s):
                 data, name = await read_image(request, limits.max_body_bytes)
-                x = await asyncio.get_running_loop().run_in_executor(
+                decoder, loop = request.app.state.decoder, asyncio.get_running_loop()
+                x = await loop.run_in_executor(
                     decoder, decode, data, name, info.preprocess, limits.max_pixels
                 )
                 decoded = time.perf_counter()

@@ -41,8 +41,6 @@ class MicroBatcher:
     ) -> None:
         self.forward, self.max_batch, self.max_wait = forward, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch  # called with (batch size, seconds of inference)
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future, float]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="squeezenet-inference")
         self._task: asyncio.Task | None = None
 
     @property
@@ -50,6 +48,9 @@ class MicroBatcher:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
+        """Start the batching loop in the running event loop (again after ``stop``, if need be)."""
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future, float]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="squeezenet-inference")
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
