@@ -1,0 +1,43 @@
+"""``squeezenet compare``: train several architectures from scratch and tabulate them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..engine.compare import compare, markdown_table
+from ..errors import SqueezeNetError
+from ..models import list_models
+from .train import add_recipe_args, config_from_args
+
+DEFAULT_ARCHS = "squeezenet1_0,squeezenet1_1,zfnet,alexnet"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="train archs from scratch with one recipe; table and bar chart",
+        description="Train each architecture from scratch with the same recipe and budget, then "
+        "write OUT/compare.md (Markdown table), compare.json and compare.png (bar chart).",
+    )
+    p.add_argument("data", metavar="DATA", help="folder with train/ and val/")
+    p.add_argument(
+        "--archs", default=DEFAULT_ARCHS, help=f"comma-separated (default {DEFAULT_ARCHS})"
+    )
+    p.add_argument("--out", default="runs/compare", help="parent folder of the runs")
+    add_recipe_args(p)
+    p.set_defaults(run=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = sorted(set(archs) - set(list_models()))
+    if unknown:
+        raise SqueezeNetError(
+            f"unknown architecture(s) {', '.join(unknown)}; see 'squeezenet list'"
+        )
+    rows = compare(archs, config_from_args(args))
+    if os.environ.get("RANK", "0") == "0":
+        print(markdown_table(rows), end="")
+        print(f"written: {Path(args.out) / 'compare.md'}, compare.json, compare.png")

@@ -1,0 +1,74 @@
+"""``squeezenet train``: train from scratch or fine-tune, on one process or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from ..engine.checkpoint import load_state
+from ..engine.train import RUN_FIELDS, TrainConfig, train
+from ..models import list_models
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``squeezenet compare``; None means: the default, or the saved run's."""
+    p.add_argument("--epochs", type=int, help="passes over train/ (default 30)")
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step (default 512)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.04 x batch / 512)")
+    p.add_argument("--image-size", type=int, help="training crop side (default: the arch's)")
+    p.add_argument("--seed", type=int, help="seed of weights init, data order, augmentation")
+    p.add_argument("--micro-batch", type=int, help="images per forward (default 64 CPU, 256 GPU)")
+    p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--workers", type=int, help="image decoding processes per training process")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune on an ImageFolder tree",
+        description="Train from scratch or fine-tune. DATA holds train/ and val/ (ImageFolder "
+        "trees or labels.csv folders). Run under 'torchrun --nproc-per-node K' for DDP.",
+    )
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints, metrics, plots")
+    p.add_argument("--arch", choices=list_models(), help="default: the weights', or squeezenet1_1")
+    p.add_argument("--weights", metavar="PATH_OR_NAME", help="start from these weights")
+    p.add_argument("--num-classes", type=int, help="default: number of class folders")
+    p.add_argument("--freeze-features", action="store_true", default=None,
+                   help="train the classifier only")  # fmt: skip
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float, help="default 2e-4")
+    p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.03)")
+    p.add_argument("--min-scale", type=float, help="random-resized-crop min area (default 0.08)")
+    p.add_argument("--save-every", type=int, help="also save the state every N steps")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in RUN_DIR")
+    add_recipe_args(p)
+    p.set_defaults(run=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A config from the options given; with --resume, the rest comes from the saved run."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    base = TrainConfig(data=args.data, out=args.out)
+    if getattr(args, "resume", False):
+        saved = load_state(args.out)["config"]
+        base = dataclasses.replace(base, **{k: saved[k] for k in RUN_FIELDS})
+    return dataclasses.replace(base, **given)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    result = train(config_from_args(args), resume=args.resume)
+    if result.history and os.environ.get("RANK", "0") == "0":
+        last = result.history[-1]
+        print(
+            f"{result.run_dir}: val top-1 {last['val_top1']:.2%} top-5 {last['val_top5']:.2%} "
+            f"after {last['epoch']} epochs (best {result.best_top1:.2%}: "
+            f"{result.run_dir / 'best.safetensors'})"
+        )

@@ -1,0 +1,229 @@
+"""Training on a tiny real Imagenette subset: loss falls, files, labels into predict/evaluate,
+exact resume after SIGKILL, clear errors for bad data and mismatched resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from squeezenet.cli import main
+from squeezenet.data.transforms import get_preset
+from squeezenet.engine.augment import TrainTransform, random_resized_crop_box
+from squeezenet.engine.train import TrainConfig, loss_is_stuck, lr_factor, train
+from squeezenet.weights.formats import safetensors
+
+CLASSES = ["n01440764", "n02102040", "n03394916", "n03888257"]  # tench, springer, horn, parachute
+NAMES = {"tench", "English springer", "French horn", "parachute"}
+NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
+
+
+def make_subset(root: Path, shared, per_class: dict[str, int], classes=CLASSES) -> Path:
+    """Copy the first few real Imagenette images of each class into root/{train,val}/<wnid>/."""
+    for split, n in per_class.items():
+        for wnid in classes:
+            src = sorted((shared("data/imagenette") / split / wnid).iterdir())[:n]
+            (root / split / wnid).mkdir(parents=True)
+            for f in src:
+                shutil.copy(f, root / split / wnid / f.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from conftest import shared_path
+
+    return make_subset(tmp_path_factory.mktemp("tiny"), shared_path, {"train": 8, "val": 4})
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny, tmp_path_factory):
+    """Fine-tune the real v1.1 ImageNet weights on 4 classes x 8 images for 4 epochs."""
+    from conftest import shared_path
+
+    out = tmp_path_factory.mktemp("run") / "ft"
+    cfg = TrainConfig(
+        str(tiny), str(out), weights=str(shared_path(NCNN)), epochs=4, batch_size=8,
+        image_size=96, lr=0.002, workers=0, progress=False,
+    )  # fmt: skip
+    return train(cfg)
+
+
+def test_random_resized_crop_box_is_inside_and_seeded():
+    boxes = []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        left, top, right, bottom = random_resized_crop_box(300, 200, rng, scale=(0.08, 1.0))
+        assert 0 <= left < right <= 300 and 0 <= top < bottom <= 200
+        boxes.append((left, top, right, bottom))
+    assert len(set(boxes)) > 150  # varied
+    again = random_resized_crop_box(300, 200, np.random.default_rng(7))
+    assert again == boxes[7]  # same seed, same crop
+
+
+def test_train_transform_full_crop_is_the_preset_or_its_mirror(shared):
+    image = Image.open(sorted((shared("data/imagenette/val") / CLASSES[0]).iterdir())[0])
+    image = image.convert("RGB")
+    preset = get_preset("torchvision")
+    whole = TrainTransform(112, preset, min_scale=1.0)  # the whole (square) image, resized
+    reference = dataclasses.replace(preset, resize=112, crop=112)(
+        image.resize((112, 112), Image.Resampling.BILINEAR)
+    )
+    flips = set()
+    for seed in range(8):
+        x = whole(image, np.random.default_rng(seed))
+        assert x.shape == (3, 112, 112) and x.dtype.is_floating_point
+        if np.allclose(x.numpy(), reference.numpy(), atol=1e-5):
+            flips.add(False)
+        else:
+            np.testing.assert_allclose(x.numpy(), reference.flip(2).numpy(), atol=1e-5)
+            flips.add(True)
+    assert flips == {False, True}
+
+
+def test_lr_schedule_warms_up_then_decays_linearly():
+    factors = [lr_factor(s, 4, 20) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[-1] == pytest.approx(1 / 16)
+    assert all(a > b for a, b in zip(factors[4:], factors[5:], strict=False))
+
+
+def test_stuck_loss_rule():
+    assert loss_is_stuck(np.log(1000), 0.001, 1000)
+    assert not loss_is_stuck(np.log(1000) * 0.9, 0.001, 1000)
+    assert not loss_is_stuck(np.log(10), 0.5, 10)
+
+
+def test_finetune_loss_falls_and_writes_run_files(finetuned):
+    history = finetuned.history
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    assert history[-1]["val_top1"] >= 0.75  # 16 val images of 4 classes; chance is 0.25
+    run = finetuned.run_dir
+    for name in ("best.safetensors", "last.safetensors", "state.pt", "curves.png", "confusion.png"):
+        assert (run / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] for r in rows] == [h["val_top1"] for h in history]
+    _, meta = safetensors.read(run / "best.safetensors")
+    assert meta["class_ids"] == CLASSES and set(meta["classes"]) == NAMES
+    assert meta["num_classes"] == 4 and meta["preprocess"]["crop"] == 96
+
+
+def test_checkpoint_labels_round_trip_into_predict_and_evaluate(finetuned, tiny, capsys):
+    image = sorted((tiny / "val" / CLASSES[1]).iterdir())[0]
+    weights = str(finetuned.run_dir / "best.safetensors")
+    assert main(["predict", str(image), "--weights", weights, "--json", "--topk", "4"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert {t["label"] for t in top} == NAMES
+    assert main(["predict", str(image), "--weights", weights, "--topk", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split("  ")[-2] in NAMES
+    # evaluate maps the val folders (wnids) through the checkpoint's own class ids
+    assert main(["evaluate", str(tiny / "val"), "--weights", weights, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 16
+    assert result["top1"] == pytest.approx(finetuned.best_top1)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_resume_with_other_settings_or_data_is_an_error(finetuned, tiny, tmp_path, capsys):
+    run = str(finetuned.run_dir)
+    code, err = run_cli(["train", str(tiny), "--out", run, "--resume", "--arch", "zfnet"], capsys)
+    assert code == 2 and "--arch squeezenet1_1 (asked zfnet)" in err
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    shutil.rmtree(other / "train" / CLASSES[0])
+    shutil.rmtree(other / "val" / CLASSES[0])
+    code, err = run_cli(["train", str(other), "--out", run, "--resume"], capsys)
+    assert code == 2 and "other data" in err and "n02102040" in err
+    code, err = run_cli(["train", str(tiny), "--out", run, "--epochs", "1"], capsys)
+    assert code == 2 and "already holds a run" in err
+    code, err = run_cli(["train", str(tiny), "--out", str(tmp_path / "none"), "--resume"], capsys)
+    assert code == 2 and "no training state to resume from" in err
+
+
+def test_empty_class_folder_is_a_clear_error(tiny, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    (data / "train" / "n09999999").mkdir()
+    code, err = run_cli(["train", str(data), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "n09999999: class folder has no images" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_images_are_skipped_and_counted(tiny, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    for split in ("train", "val"):  # one damaged JPEG in place of a real one
+        victim = sorted((data / split / CLASSES[2]).iterdir())[1]
+        victim.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--arch", "squeezenet1_1",
+            "--epochs", "2", "--batch-size", "8", "--image-size", "64", "--workers", "0",
+            "--no-progress"]  # fmt: skip
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [(r["train_skipped"], r["val_skipped"], r["val_n"]) for r in rows] == [(1, 1, 15)] * 2
+    assert "2 unreadable images skipped" in err
+
+
+def test_stuck_loss_is_reported(tiny, tmp_path, capsys):
+    args = ["train", str(tiny), "--out", str(tmp_path / "run"), "--arch", "squeezenet1_1",
+            "--epochs", "3", "--batch-size", "8", "--image-size", "64", "--lr", "0.1",
+            "--workers", "0", "--no-progress"]  # fmt: skip
+    code, err = run_cli(args, capsys)
+    assert code == 0
+    assert "is stuck at ln(4) = 1.386" in err and "lower --lr" in err
+
+
+KILL_AND_RESUME = """
+import os, signal, sys
+from squeezenet.engine.train import TrainConfig, train
+
+def kill(step):
+    if step == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = TrainConfig(sys.argv[1], sys.argv[2], arch="squeezenet1_1", epochs=3, batch_size=8,
+                  micro_batch=4, image_size=64, lr=0.01, workers=0, save_every=5, progress=False)
+train(cfg, resume=len(sys.argv) > 3, on_step=kill)
+"""
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(tiny, tmp_path):
+    """12 steps (3 epochs x 4, 2 micro-batches each); killed at step 7, saved at step 5."""
+    killed = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AND_RESUME, str(tiny), str(killed)], capture_output=True
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+    import torch
+
+    assert torch.load(killed / "state.pt", weights_only=False)["progress"].step == 5
+    resumed = subprocess.run(
+        [sys.executable, "-c", KILL_AND_RESUME.replace("step == 7", "False"), str(tiny),
+         str(killed), "resume"], capture_output=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    reference = train(
+        TrainConfig(str(tiny), str(tmp_path / "ref"), arch="squeezenet1_1", epochs=3,
+                    batch_size=8, micro_batch=4, image_size=64, lr=0.01, workers=2,
+                    progress=False)
+    )  # fmt: skip
+    got, _ = safetensors.read(killed / "last.safetensors")
+    want, _ = safetensors.read(tmp_path / "ref" / "last.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in reference.history]
