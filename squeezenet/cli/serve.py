@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..errors import SqueezeNetError
 from ..inference.backends import BACKENDS
 from .common import add_weights_args, model_from_args
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest decoded image, width x height in millions",
     )  # fmt: skip
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request at most")
+    p.add_argument("--threads", type=int, help="threads of the network (default: one per core)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run_serve)
 
@@ -47,6 +50,8 @@ def run_serve(args: argparse.Namespace) -> None:
         max_pixels=int(args.max_pixels * 1e6),
         timeout_s=args.timeout,
     )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     app = create_app(
         model_from_args(args), backend=args.backend, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, limits=limits,
