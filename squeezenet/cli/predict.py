@@ -11,7 +11,7 @@ import numpy as np
 from ..data.datasets import list_images
 from ..engine.evaluate import evaluate, predict
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS, optimize
+from ..inference.backends import BACKENDS, open_onnx, optimize
 from .common import add_weights_args, model_from_args
 
 
@@ -37,14 +37,26 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, help="image decoding processes (default: cores)")
+    p.add_argument("--calibration", metavar="DIR", help="images to calibrate onnxruntime-int8 on")
+
+
+def _model_and_forward(args: argparse.Namespace) -> tuple:
+    """The model (an .onnx file may run as it is) and its forward through --backend."""
+    model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
+    example = None
+    if args.calibration and args.backend == "onnxruntime-int8":
+        from ..inference.quantize import calibration_images
+
+        preprocess = model.weights_info.preprocess
+        example = calibration_images(args.calibration, preprocess, progress=not args.json)
+    return model, optimize(model, args.backend, example)
 
 
 def run_predict(args: argparse.Namespace) -> None:
     if args.topk < 1:
         raise SqueezeNetError("--topk must be at least 1")
     files = list_images(args.images)
-    model = model_from_args(args)
-    forward = optimize(model, args.backend)
+    model, forward = _model_and_forward(args)
     results, logits = predict(
         model, files, topk=args.topk, forward=forward, batch_size=args.batch_size,
         workers=args.workers, progress=not args.json,
@@ -61,8 +73,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    model = model_from_args(args)
-    forward = optimize(model, args.backend)
+    model, forward = _model_and_forward(args)
     result = evaluate(
         model, args.data, forward=forward, batch_size=args.batch_size, workers=args.workers,
         progress=not args.json,

@@ -1,28 +1,235 @@
-"""Backends that turn a model into a callable mapping a float32 NCHW batch to logits."""
+"""Backends that turn a model into a callable mapping a float32 NCHW batch to logits.
+
+* ``eager``: the module as it is (NCHW).
+* ``channels_last``: a copy in NHWC memory order, which takes oneDNN's direct paths.
+* ``compile``: ``torch.compile`` (Inductor) with frozen weights; tens of seconds to start.
+* ``onnxruntime``: the ONNX export run by ONNX Runtime with all graph optimizations (its
+  NCHWc kernels); the fastest fp32 backend here, so ``auto`` picks it.
+* ``onnxruntime-int8``: static int8 (QDQ, per-channel weights) calibrated on ``example``.
+
+All use ``torch.get_num_threads()`` threads. An .onnx file (e.g. one written by ``squeezenet
+quantize``) runs as it is through ``OnnxModel``, which reads its preprocessing from the file.
+"""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
+from ..data.datasets import imagenet_classes
+from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
+from ..weights.load import WeightsInfo, sha256_file
+from .export import get_meta, input_shape, onnx_model, read_onnx
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ["auto", "eager"]
+BACKENDS = ["auto", "eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8"]
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8")
+INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
+
+
+def auto_backend() -> str:
+    """The fastest exact (fp32) backend installed (measured: benchmarks/RESULTS.md)."""
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "channels_last"
 
 
 def optimize(
     model: nn.Module, backend: str = "auto", example: torch.Tensor | None = None
 ) -> Forward:
-    """A callable with the module's numbers (within 1e-4 relative for fp32 backends)."""
+    """A callable mapping a float32 NCHW batch to logits through ``backend``.
+
+    fp32 backends give the module's numbers within 1e-4 relative. ``example`` is a batch of
+    the input size (default: the preprocessing's crop); for ``onnxruntime-int8`` it is the
+    calibration data, so it must hold real preprocessed images.
+    """
     if backend not in BACKENDS:
         raise SqueezeNetError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if isinstance(model, OnnxModel):
+        if backend not in ("auto", *ONNX_BACKENDS):
+            raise SqueezeNetError(
+                f"{model.path}: an ONNX file runs only with the onnxruntime backends, "
+                f"not {backend!r}"
+            )
+        return model
     model.eval()
+    backend = auto_backend() if backend == "auto" else backend
+    shape = input_shape(model, example)
+    return checked(BUILDERS[backend](model, example, shape), shape)
 
+
+def checked(forward: Forward, shape: tuple[int, ...]) -> Forward:
+    """``forward``, refusing with a clear error any input that is not a (N, *shape) float32."""
+    expected = f"(N, {', '.join(map(str, shape))})"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if not (
+            isinstance(x, torch.Tensor)
+            and x.dtype == torch.float32
+            and tuple(x.shape[1:]) == tuple(shape)
+            and x.shape[0] > 0
+        ):
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise SqueezeNetError(f"expected a float32 batch of shape {expected}, got {got}")
+        return forward(x)
+
+    return run
+
+
+def _eager(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return model(x)
 
     return forward
+
+
+def _channels_last(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return nhwc(x.contiguous(memory_format=torch.channels_last))
+
+    return forward
+
+
+def _compile(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+    compiled = torch.compile(copy.deepcopy(model), options={"freezing": True})
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # freezing needs no_grad; inference tensors would not do
+            return compiled(x)
+
+    forward(torch.zeros(1, *shape) if example is None else example)  # compile now, not later
+    return forward
+
+
+def session(model: bytes | str, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimizations on ``threads`` threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise SqueezeNetError(f"ONNX Runtime cannot run the model ({e})") from None
+
+
+def _run_session(model: bytes | str) -> Forward:
+    runner = session(model)
+    feed, fetch = runner.get_inputs()[0].name, runner.get_outputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(runner.run([fetch], {feed: x.detach().contiguous().numpy()})[0])
+
+    return forward
+
+
+def _onnxruntime(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+    return _run_session(onnx_model(model, example).SerializeToString())
+
+
+def _onnxruntime_int8(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+    from .quantize import quantize_onnx
+
+    if example is None:
+        raise SqueezeNetError(
+            "onnxruntime-int8 calibrates on real images: pass example= a batch of preprocessed "
+            "images (CLI: --calibration DIR), or run an int8 file made by 'squeezenet quantize'"
+        )
+    quantized = quantize_onnx(onnx_model(model, example), example.numpy())
+    return _run_session(quantized.SerializeToString())
+
+
+BUILDERS = {
+    "eager": _eager,
+    "channels_last": _channels_last,
+    "compile": _compile,
+    "onnxruntime": _onnxruntime,
+    "onnxruntime-int8": _onnxruntime_int8,
+}
+
+
+def is_int8(proto: onnx.ModelProto) -> bool:
+    return any(node.op_type in INT8_OPS for node in proto.graph.node)
+
+
+class OnnxModel(nn.Module):
+    """An .onnx file run as it is by ONNX Runtime; ``weights_info`` comes from its metadata.
+
+    Files written by ``squeezenet export`` or ``squeezenet quantize`` carry their preprocessing
+    and labels; other files get ``preprocess`` (default ``torchvision``) and ImageNet labels
+    when they have 1,000 outputs. A graph with a fixed batch of 1 is run image by image.
+    """
+
+    def __init__(
+        self, path: str | Path, proto: onnx.ModelProto | None = None, preprocess: str | None = None
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        proto = proto or read_onnx(self.path)
+        self.int8 = is_int8(proto)
+        dims = [d.dim_value or None for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        outputs = proto.graph.output[0].type.tensor_type.shape.dim
+        if len(dims) != 4 or None in dims[1:]:
+            raise SqueezeNetError(f"{self.path}: input shape {dims} is not (N, C, H, W)")
+        self.fixed_batch = dims[0]
+        meta = get_meta(proto)
+        self.weights_info = _info(meta, self.path, outputs[-1].dim_value, preprocess)
+        self._forward = checked(_run_session(proto.SerializeToString()), tuple(dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed_batch == 1 and len(x) > 1:
+            return torch.cat([self._forward(image[None]) for image in x])
+        return self._forward(x)
+
+
+def _info(meta: dict, path: Path, outputs: int, preprocess: str | None) -> WeightsInfo:
+    """WeightsInfo from an ONNX file's metadata, with defaults for files from elsewhere."""
+    num_classes = int(meta.get("num_classes") or outputs)
+    if preprocess or "preprocess" not in meta:
+        preset = get_preset(preprocess or "torchvision")
+    else:
+        preset = Preprocess.from_dict(meta["preprocess"])
+    classes, class_ids = meta.get("classes"), meta.get("class_ids")
+    if classes is None and num_classes == 1000:
+        class_ids, classes = imagenet_classes() or (None, None)
+    return WeightsInfo(
+        arch=meta.get("arch", "onnx"),
+        model_kwargs=meta.get("model_kwargs", {}),
+        num_classes=num_classes,
+        preprocess=preset,
+        classes=classes,
+        class_ids=class_ids,
+        source=str(path),
+        sha256=sha256_file(path),
+        file_format="onnx",
+        entry=meta.get("entry"),
+    )
+
+
+def open_onnx(spec: str | Path, backend: str, preprocess: str | None = None) -> OnnxModel | None:
+    """The weights as an ``OnnxModel`` when they are an .onnx file to run as it is, else None.
+
+    Under ``auto`` and ``onnxruntime`` every .onnx file runs as it is; an int8 file runs only
+    so. An fp32 file under another backend is for ``load_model`` (rebuilt as a module).
+    """
+    path = Path(spec)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    proto = read_onnx(path)
+    int8 = is_int8(proto)
+    if int8 and backend not in ("auto", *ONNX_BACKENDS):
+        raise SqueezeNetError(f"{path}: an int8 ONNX graph runs only with onnxruntime-int8")
+    if int8 or backend in ("auto", "onnxruntime"):
+        return OnnxModel(path, proto, preprocess)
+    return None

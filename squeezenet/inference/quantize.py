@@ -1,0 +1,106 @@
+"""Static int8 quantization with ONNX Runtime: QDQ graph, per-channel weights, real calibration.
+
+Activations are uint8 and weights int8 (ONNX Runtime's fast U8S8 path on x86, which it fuses
+into QLinearConv). Activation ranges are by default the 99.999th percentile of the calibration
+images' histograms: on imagenet-val this loses less top-1 than the plain min/max (see
+docs/inference.md). The pooled logits stay fp32: uint8 logits would reorder the top classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime import quantization as ortq
+from torch import nn
+from tqdm import tqdm
+
+from ..data.datasets import ImageDataset, list_images
+from ..data.transforms import Preprocess
+from ..errors import SqueezeNetError
+from ..io import atomic_write_bytes
+from .export import INPUT, check_output, get_meta, onnx_model, set_meta
+
+CALIBRATION_BATCH = 10
+NUM_IMAGES = 300
+METHODS = {"percentile": ortq.CalibrationMethod.Percentile, "minmax": ortq.CalibrationMethod.MinMax}
+FP32_OPS = ("GlobalAveragePool", "Flatten")
+
+
+def calibration_images(
+    folder: str | Path, preprocess: Preprocess, num_images: int = NUM_IMAGES, progress: bool = True
+) -> torch.Tensor:
+    """Up to ``num_images`` preprocessed images spread evenly over ``folder`` (recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SqueezeNetError(f"{folder}: calibration folder does not exist")
+    files = list_images([folder])
+    files = files[:: max(1, len(files) // num_images)][:num_images]
+    dataset = ImageDataset(files, None, preprocess, draft_size=preprocess.resize)
+    samples = [s for s in tqdm(dataset, desc="calibration images", disable=not progress) if s]
+    if not samples:
+        raise SqueezeNetError(f"{folder}: none of {len(files)} calibration images could be decoded")
+    return torch.stack([x for x, _, _ in samples])
+
+
+class _Batches(ortq.CalibrationDataReader):
+    """Calibration batches; ``set_range`` lets ONNX Runtime collect statistics batch by batch."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.batches = np.array_split(images, max(1, len(images) // CALIBRATION_BATCH))
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.pending = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict | None:
+        batch = next(self.pending, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def quantize_onnx(
+    proto: onnx.ModelProto, images: np.ndarray, method: str = "percentile"
+) -> onnx.ModelProto:
+    """The int8 QDQ version of an fp32 graph, calibrated on ``images`` (N, C, H, W) float32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32", "prepared", "int8"))
+        onnx.save(proto, fp32)
+        ortq.quant_pre_process(fp32, prepared)
+        keep = [n.name for n in onnx.load(prepared).graph.node if n.op_type in FP32_OPS]
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            ortq.quantize_static(
+                prepared, int8, _Batches(images.astype(np.float32)),
+                quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
+                calibrate_method=METHODS[method], nodes_to_exclude=keep,
+                extra_options={"CalibStridedMinMax": 1},  # batch by batch: bounded memory
+            )  # fmt: skip
+        quantized = onnx.load(int8)
+    note = f"int8 QDQ, per-channel weights, {method} calibration on {len(images)} images"
+    set_meta(quantized, {**get_meta(proto), "quantization": note})
+    return quantized
+
+
+def quantize(
+    model: nn.Module,
+    calibration: str | Path,
+    output: str | Path,
+    *,
+    num_images: int = NUM_IMAGES,
+    method: str = "percentile",
+    progress: bool = True,
+) -> int:
+    """Write ``model`` as an int8 ONNX file calibrated on ``calibration``; return the count."""
+    output = check_output(output)
+    images = calibration_images(calibration, model.weights_info.preprocess, num_images, progress)
+    quantized = quantize_onnx(onnx_model(model), images.numpy(), method)
+    atomic_write_bytes(output, quantized.SerializeToString())
+    return len(images)

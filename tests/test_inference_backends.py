@@ -1,0 +1,115 @@
+"""Backends agree with the module on real weights; bad batches and bad backends are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import shared_path
+
+import squeezenet
+from squeezenet.data.transforms import load_image
+from squeezenet.errors import SqueezeNetError
+from squeezenet.inference.backends import OnnxModel, optimize
+from squeezenet.inference.bench import bench, format_table
+from squeezenet.inference.quantize import calibration_images
+
+WEIGHTS = {
+    "v1_0": "weights/deep-compression/compressed_SqueezeNet.net",
+    "v1_1": "weights/ncnn/squeezenet_v1.1.ncnn.param",
+}
+
+
+@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+def model(request):
+    return squeezenet.load_model(shared_path(WEIGHTS[request.param]))
+
+
+def images(model, n: int, start: int = 0) -> torch.Tensor:
+    """``n`` imagenet-val images preprocessed for ``model``."""
+    files = sorted((shared_path("data/imagenet-val") / "images").iterdir())[start : start + n]
+    return torch.stack([model.weights_info.preprocess(load_image(f)) for f in files])
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize("backend", ["auto", "eager", "channels_last", "onnxruntime"])
+def test_fp32_backends_give_the_module_logits(model, backend):
+    x = images(model, 6)
+    with torch.no_grad():
+        expected = model(x)
+    forward = optimize(model, backend, example=x[:1])
+    assert relative_error(forward(x), expected) < 1e-4
+    assert relative_error(forward(x[2:3]), expected[2:3]) < 1e-4  # another batch size
+
+
+@pytest.mark.slow
+def test_compile_backend_gives_the_module_logits(shared):
+    model = squeezenet.load_model(shared(WEIGHTS["v1_1"]))  # compiling takes ~30 s on 2 cores
+    x = images(model, 2)
+    with torch.no_grad():
+        expected = model(x)
+    assert relative_error(optimize(model, "compile", example=x)(x), expected) < 1e-4
+
+
+def test_int8_backend_calibrated_on_real_images_keeps_the_top_class(model):
+    train = shared_path("data/imagenette/train")
+    calibration = calibration_images(train, model.weights_info.preprocess, 20, progress=False)
+    x = images(model, 40)
+    with torch.no_grad():
+        expected = model(x).argmax(1)
+    top = optimize(model, "onnxruntime-int8", example=calibration)(x).argmax(1)
+    assert (top == expected).float().mean() >= 0.85
+
+
+def test_int8_backend_needs_calibration_images(model):
+    with pytest.raises(SqueezeNetError, match="onnxruntime-int8 calibrates on real images"):
+        optimize(model, "onnxruntime-int8")
+
+
+@pytest.mark.parametrize("backend", ["eager", "channels_last", "onnxruntime"])
+def test_a_batch_of_the_wrong_shape_or_type_is_refused(model, backend):
+    forward = optimize(model, backend)
+    side = model.weights_info.preprocess.crop
+    expected = rf"expected a float32 batch of shape \(N, 3, {side}, {side}\)"
+    for bad in [
+        torch.zeros(2, 3, side + 3, side),
+        torch.zeros(3, side, side),
+        torch.zeros(2, 1, side, side),
+        torch.zeros(0, 3, side, side),
+        torch.zeros(2, 3, side, side, dtype=torch.float64),
+    ]:
+        with pytest.raises(SqueezeNetError, match=expected + ", got .*" + str(tuple(bad.shape))):
+            forward(bad)
+
+
+def test_unknown_backend_is_refused(model):
+    with pytest.raises(SqueezeNetError, match="unknown backend 'tensorrt'; choose from auto"):
+        optimize(model, "tensorrt")
+
+
+def test_a_file_that_is_not_onnx_is_refused(tmp_path):
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"\x08\x07this is not a protobuf" * 10)
+    with pytest.raises(SqueezeNetError, match="model.onnx: not an ONNX model"):
+        OnnxModel(fake)
+
+
+def test_bench_times_backends_side_by_side_with_floor_and_memory():
+    result = bench("squeezenet1_1", batches=[1, 2], backends=["eager", "onnxruntime"],
+                   repeats=2, warmup=1, progress=False)  # fmt: skip
+    rows = {(r["backend"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {(b, n) for b in ("eager", "onnxruntime") for n in (1, 2)}
+    assert rows[("eager", 1)]["vs_eager"] == 1.0
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["peak_rss_mb"] > 50 and 0 < r["of_floor"]
+    floor = result["floor_ops_per_s"][torch.get_num_threads()]
+    assert set(floor) == {"torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8"}
+    assert result["macs"] == 349_151_936  # squeezenet1_1 at 224 (torchvision: 0.35 GFLOPS)
+    assert "| onnxruntime | " in format_table(result)
+
+
+def test_bench_refuses_an_unknown_backend():
+    with pytest.raises(SqueezeNetError, match="unknown backend 'fast'"):
+        bench("squeezenet1_1", backends=["eager", "fast"], progress=False)

@@ -1,0 +1,154 @@
+"""Exports and int8 files round-trip and agree with the module; the CLI refuses bad input."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from conftest import shared_path
+
+import squeezenet
+from squeezenet.cli import main
+from squeezenet.data.transforms import load_image
+from squeezenet.errors import SqueezeNetError
+from squeezenet.inference.backends import OnnxModel, open_onnx
+from squeezenet.inference.export import export, get_meta
+from squeezenet.inference.quantize import quantize
+
+WEIGHTS = {
+    "v1_0": "weights/deep-compression/compressed_SqueezeNet.net",
+    "v1_1": "weights/ncnn/squeezenet_v1.1.ncnn.param",
+}
+VAL = "data/imagenet-val"
+
+
+@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+def model(request):
+    return squeezenet.load_model(shared_path(WEIGHTS[request.param]))
+
+
+@pytest.fixture(scope="module")
+def int8_file(tmp_path_factory):
+    """squeezenet1_1 quantized on 30 Imagenette training images (not the ones evaluated)."""
+    path = tmp_path_factory.mktemp("int8") / "v11.int8.onnx"
+    v11 = squeezenet.load_model(shared_path(WEIGHTS["v1_1"]))
+    assert quantize(v11, shared_path("data/imagenette/train"), path, num_images=30) == 30
+    return path
+
+
+def images(model, n: int) -> torch.Tensor:
+    files = sorted((shared_path(VAL) / "images").iterdir())[:n]
+    return torch.stack([model.weights_info.preprocess(load_image(f)) for f in files])
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).abs().max() / expected.abs().max())
+
+
+def subset(tmp_path, n: int):
+    """A labels.csv folder naming the first ``n`` imagenet-val images where they lie."""
+    root = shared_path(VAL)
+    rows = (root / "labels.csv").read_text().splitlines()
+    lines = [rows[0]] + [f"{root / f},{y}" for f, y in (r.split(",") for r in rows[1 : n + 1])]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_onnx_export_runs_in_onnxruntime_with_the_module_logits_and_preprocessing(model, tmp_path):
+    path = tmp_path / "model.onnx"
+    export(model, path, "onnx", dynamic_batch=True)
+    info = model.weights_info
+    meta = get_meta(onnx.load(path))
+    assert meta["arch"] == info.arch and meta["preprocess"]["name"] == info.preprocess.name
+    assert len(meta["classes"]) == 1000
+    runner = OnnxModel(path)
+    assert runner.weights_info.preprocess == info.preprocess
+    assert runner.weights_info.classes == info.classes and not runner.int8
+    x = images(model, 5)
+    with torch.no_grad():
+        assert relative_error(runner(x), model(x)) < 1e-4
+
+
+def test_onnx_export_without_dynamic_batch_has_batch_1_and_still_runs_batches(model, tmp_path):
+    path = tmp_path / "fixed.onnx"
+    export(model, path, "onnx")
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, *2 * [model.weights_info.preprocess.crop]]
+    x = images(model, 3)
+    with torch.no_grad():
+        assert relative_error(OnnxModel(path)(x), model(x)) < 1e-4
+
+
+def test_torchscript_export_gives_the_same_logits_and_carries_the_metadata(model, tmp_path):
+    path = tmp_path / "model.pt"
+    export(model, path, "torchscript")
+    extra = {"squeezenet.json": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["squeezenet.json"])["arch"] == model.weights_info.arch
+    x = images(model, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
+
+
+def test_export_to_a_missing_folder_is_refused_before_any_work(model, tmp_path):
+    with pytest.raises(SqueezeNetError, match="folder .*nowhere does not exist"):
+        export(model, tmp_path / "nowhere" / "model.onnx")
+
+
+def test_int8_file_runs_with_its_preprocessing_and_keeps_top1(int8_file):
+    runner = OnnxModel(int8_file)
+    assert runner.int8
+    v11 = squeezenet.load_model(shared_path(WEIGHTS["v1_1"]))
+    assert runner.weights_info.preprocess == v11.weights_info.preprocess
+    assert "calibration on 30 images" in get_meta(onnx.load(int8_file))["quantization"]
+    x = images(v11, 60)
+    labels = [
+        int(r.split(",")[1]) for r in (shared_path(VAL) / "labels.csv").read_text().split()[1:61]
+    ]
+    with torch.no_grad():
+        fp32, int8 = v11(x).argmax(1).numpy(), runner(x).argmax(1).numpy()
+    assert (fp32 == int8).mean() >= 0.9
+    assert abs((int8 == labels).mean() - (fp32 == labels).mean()) <= 0.05
+
+
+def test_cli_evaluates_an_int8_file_through_onnxruntime(int8_file, tmp_path, capsys):
+    assert main(["evaluate", str(subset(tmp_path, 40)), "--weights", str(int8_file), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and result["top1"] >= 0.6
+
+
+def test_an_int8_file_is_not_run_by_a_pytorch_backend(int8_file):
+    with pytest.raises(SqueezeNetError, match="int8 ONNX graph runs only with onnxruntime-int8"):
+        open_onnx(int8_file, "eager")
+    assert isinstance(open_onnx(int8_file, "onnxruntime-int8"), OnnxModel)
+
+
+def test_cli_export_and_quantize_write_files(tmp_path, capsys):
+    weights = str(shared_path(WEIGHTS["v1_1"]))
+    out = tmp_path / "v11.onnx"
+    assert main(["export", "--weights", weights, "--format", "onnx", "-o", str(out)]) == 0
+    assert "squeezenet1_1 as onnx, input (1, 3, 224, 224)" in capsys.readouterr().out
+    assert get_meta(onnx.load(out))["arch"] == "squeezenet1_1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quantize", "--calibration", "{tmp}/missing", "-o", "{tmp}/q.onnx"],
+         "missing: calibration folder does not exist"),
+        (["quantize", "--calibration", "{tmp}", "-o", "{tmp}/q.onnx"], "no images found in"),
+        (["evaluate", VAL, "--weights", "{tmp}/fake.onnx"], "fake.onnx: not an ONNX model"),
+        (["evaluate", VAL, "--backend", "onnxruntime-int8"], "onnxruntime-int8 calibrates on"),
+        (["export", "--format", "onnx", "-o", "{tmp}/no/x.onnx"], "does not exist"),
+    ],
+)  # fmt: skip
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "fake.onnx").write_bytes(b"PK\x03\x04 a zip, not an onnx protobuf")
+    argv = [a.format(tmp=tmp_path).replace(VAL, str(shared_path(VAL))) for a in argv]
+    if "--weights" not in argv:
+        argv += ["--weights", str(shared_path(WEIGHTS["v1_1"]))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
