@@ -170,7 +170,7 @@ def test_readers_survive_random_damage(workdir, name, data):
     try_input(name, workdir, which, damage, damage.kind)
 
 
-@pytest.mark.parametrize("name", ["caffe", "caffe_prototxt"])
+@pytest.mark.parametrize("name", TARGET_NAMES)
 def test_readers_survive_truncation_and_bitflip_sweeps(workdir, name):
     for which, seed in targets()[name].files.items():
         for damage in sweep(len(seed)):

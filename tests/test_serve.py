@@ -8,6 +8,7 @@ import io
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import shared_path
 from fastapi.testclient import TestClient
 from live_server import serving
@@ -17,6 +18,7 @@ import squeezenet
 from squeezenet.cli import main
 from squeezenet.engine.evaluate import predict
 from squeezenet.serve.app import Limits, create_app
+from squeezenet.serve.batcher import BatchResult, MicroBatcher
 
 
 @pytest.fixture(scope="module")
@@ -55,34 +57,61 @@ def test_classify_answers_as_predict_json(client, model, photo):
         assert set(answer["timing"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
 
 
-def test_concurrent_requests_share_one_batch(model):
+def test_batcher_waits_for_requests_on_their_way_only():
+    """Four requests being decoded share one batch; a lone request does not wait at all."""
+    sizes: list[int] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        return x.flatten(1)[:, :3] * 2
+
+    async def scenario() -> list[BatchResult]:
+        batcher = MicroBatcher(forward, max_batch=4, max_wait_ms=60_000)
+        batcher.start()
+
+        async def request(i: int) -> BatchResult:
+            with batcher.expecting():
+                await asyncio.sleep(0.01 * i)  # "decoding", finishing one after the other
+            return await batcher(torch.full((3, 2, 2), float(i)))
+
+        together = await asyncio.gather(*[request(i) for i in range(4)])
+        alone = await asyncio.wait_for(batcher(torch.zeros(3, 2, 2)), 30)  # not 60 s
+        await batcher.stop()
+        return [*together, alone]
+
+    results = asyncio.run(scenario())
+    assert sizes == [4, 1]
+    assert [r.batch_size for r in results] == [4, 4, 4, 4, 1]
+    assert [r.logits.tolist() for r in results] == [[2 * i] * 3 for i in (0, 1, 2, 3, 0)]
+
+
+def test_concurrent_requests_answers_and_metrics_agree(model):
     data = shared_path("data/photos/chelsea.png").read_bytes()
-    app = create_app(model, backend="eager", max_batch=4, max_wait_ms=5000)
+    app = create_app(model, backend="eager", max_batch=4, max_wait_ms=1000)
 
     async def burst(url: str) -> list[dict]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             replies = await asyncio.gather(
-                *[http.post("/v1/classify", content=data) for _ in range(4)]
+                *[http.post("/v1/classify", content=data) for _ in range(8)]
             )
             return [r.json() for r in replies]
 
     with serving(app) as url:
         answers = asyncio.run(burst(url))
         metrics = httpx.get(f"{url}/metrics").text
-    assert [a["batch_size"] for a in answers] == [4] * 4  # full before the 5 s wait ran out
-    assert all(a["top"] == answers[0]["top"] for a in answers)
-    assert "squeezenet_batch_size_count 1\n" in metrics
-    assert 'squeezenet_batch_size_bucket{le="2"} 0\n' in metrics
-    assert 'squeezenet_requests_total{route="/v1/classify",status="200"} 4' in metrics
+    assert all(a["top"] == answers[0]["top"] for a in answers)  # batched or not, the same
+    batches = sum(1 / a["batch_size"] for a in answers)  # each batch of n answers n times
+    assert f"squeezenet_batch_size_count {round(batches)}\n" in metrics
+    assert "squeezenet_batch_size_sum 8.000000\n" in metrics
+    assert 'squeezenet_requests_total{route="/v1/classify",status="200"} 8' in metrics
 
 
 def test_request_over_the_timeout_is_a_408_and_the_server_goes_on(model):
     data = shared_path("data/photos/chelsea.png").read_bytes()
-    limits = Limits(timeout_s=0.2)
-    app = create_app(model, backend="eager", max_batch=8, max_wait_ms=3000, limits=limits)
+    app = create_app(model, backend="eager", limits=Limits(timeout_s=0.001))
     with TestClient(app) as c:
-        late = c.post("/v1/classify", content=data)  # waits 3 s for 7 more requests
-        assert late.status_code == 408 and "0.2 s limit" in late.json()["detail"]
+        late = c.post("/v1/classify", content=data)  # decoding alone takes longer than 1 ms
+        assert late.status_code == 408 and "0.001 s limit" in late.json()["detail"]
         assert c.get("/healthz").json() == {"status": "ok"}
 
 

@@ -121,6 +121,7 @@ async def read_image(request: Request, limit: int) -> tuple[bytes, str]:
         if not files:
             raise HTTPException(400, "the multipart body has no file part (send it as 'file')")
         data, name = await files[0].read(), files[0].filename or "upload"
+        await form.close()
     elif media in ("", "application/octet-stream") or media.startswith("image/"):
         data, name = body, "upload"
     else:
@@ -165,7 +166,6 @@ def create_app(
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
     limits: Limits = Limits(),
-    decode_threads: int | None = None,
 ) -> FastAPI:
     """A FastAPI app classifying images with ``model`` (from ``squeezenet.load_model``)."""
     if max_batch < 1 or max_wait_ms < 0:
@@ -177,8 +177,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threads = decode_threads or os.cpu_count()
-        app.state.decoder = ThreadPoolExecutor(threads, thread_name_prefix="squeezenet-decode")
+        app.state.decoder = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="decode")
         batcher.start()
         yield
         await batcher.stop()
@@ -241,11 +240,12 @@ def create_app(
         start = time.perf_counter()
         try:
             async with asyncio.timeout(limits.timeout_s):
-                data, name = await read_image(request, limits.max_body_bytes)
-                decoder, loop = request.app.state.decoder, asyncio.get_running_loop()
-                x = await loop.run_in_executor(
-                    decoder, decode, data, name, info.preprocess, limits.max_pixels
-                )
+                with batcher.expecting():
+                    data, name = await read_image(request, limits.max_body_bytes)
+                    decoder, loop = request.app.state.decoder, asyncio.get_running_loop()
+                    x = await loop.run_in_executor(
+                        decoder, decode, data, name, info.preprocess, limits.max_pixels
+                    )
                 decoded = time.perf_counter()
                 result = await batcher(x)
         except TimeoutError:

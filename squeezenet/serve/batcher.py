@@ -2,15 +2,18 @@
 
 Requests wait in a queue; a single loop takes the first one, then keeps collecting until it has
 ``max_batch`` or ``max_wait_ms`` has passed, and runs the batch in one inference thread while
-the event loop goes on accepting and decoding the next requests.
+the event loop goes on accepting and decoding the next requests. It waits only while more
+requests are on their way (inside ``batcher.expecting()``, e.g. being read and decoded): a
+lone request runs at once instead of paying ``max_wait_ms``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +45,7 @@ class MicroBatcher:
         self.forward, self.max_batch, self.max_wait = forward, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch  # called with (batch size, seconds of inference)
         self._task: asyncio.Task | None = None
+        self._expected = 0  # requests on their way to the queue
 
     @property
     def alive(self) -> bool:
@@ -61,13 +65,22 @@ class MicroBatcher:
             self._queue.get_nowait()[1].cancel()
         self._executor.shutdown(wait=True)
 
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Count a request as on its way (while it is read and decoded), so batches wait for it."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
+
     async def __call__(self, x: torch.Tensor) -> BatchResult:
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((x, future, time.perf_counter()))
         return await future
 
     async def _collect(self) -> list[tuple[torch.Tensor, asyncio.Future, float]]:
-        """The first waiting request, plus all that arrive before the batch is full or due."""
+        """The first waiting request, plus those that arrive before the batch is full or due."""
         items = [await self._queue.get()]
         deadline = time.perf_counter() + self.max_wait
         while len(items) < self.max_batch:
@@ -75,7 +88,7 @@ class MicroBatcher:
                 items.append(self._queue.get_nowait())
                 continue
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if remaining <= 0 or not self._expected:
                 break
             try:
                 items.append(await asyncio.wait_for(self._queue.get(), remaining))
