@@ -93,7 +93,8 @@ def decode(data: bytes, name: str, preprocess: Preprocess, max_pixels: int) -> t
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it (or its declared length) passes limit."""
     too_large = HTTPException(413, f"request body larger than the {limit:,}-byte limit")
-    if int(request.headers.get("content-length") or 0) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
