@@ -163,6 +163,7 @@ def test_models_health_metrics_openapi_page(client):
         (["--weights", "no/such.param"], "no such file"),
         (["--max-batch", "0"], "--max-batch must be at least 1"),
         (["--timeout", "0"], "must be positive"),
+        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_serve_cli_errors_are_one_line(capsys, argv, message):

@@ -45,13 +45,15 @@ def run_serve(args: argparse.Namespace) -> None:
         ) from None
     if min(args.max_body_mb, args.max_pixels, args.timeout) <= 0:
         raise SqueezeNetError("--max-body-mb, --max-pixels and --timeout must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise SqueezeNetError("--threads must be at least 1")
     limits = Limits(
         max_body_bytes=int(args.max_body_mb * 1e6),
         max_pixels=int(args.max_pixels * 1e6),
         timeout_s=args.timeout,
     )
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # the backends take torch's thread count
     app = create_app(
         model_from_args(args), backend=args.backend, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, limits=limits,
