@@ -9,7 +9,6 @@ safetensors, .sqz) or by ``torch.onnx.export``. Each input must load or end in a
 from __future__ import annotations
 
 import functools
-import importlib.util
 import shutil
 import tempfile
 import warnings
@@ -35,7 +34,10 @@ from squeezenet.weights.formats import (
 )
 from squeezenet.weights.formats import onnx as onnx_format
 
-HAS_SQZ = importlib.util.find_spec("squeezenet.compress.container") is not None
+try:  # the .sqz container, where it exists
+    from squeezenet.compress import container
+except ImportError:
+    container = None
 
 
 @dataclass
@@ -101,9 +103,7 @@ def build_targets(tmp: Path) -> dict[str, Target]:
             {"v11.safetensors": written(v11, tmp, "v11.safetensors")}, safetensors.read
         ),
     }
-    if HAS_SQZ:
-        from squeezenet.compress import container
-
+    if container is not None:
         state = {k: v.numpy() for k, v in v11.state_dict().items()}
         container.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
         targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, container.read)
@@ -133,7 +133,7 @@ def workdir(tmp_path_factory) -> Path:
 
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
-    "safetensors", *(["sqz"] if HAS_SQZ else []),
+    "safetensors", *(["sqz"] if container else []),
 ]  # fmt: skip
 
 
