@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from squeezenet.cli import main
@@ -186,44 +187,56 @@ def test_stuck_loss_is_reported(tiny, tmp_path, capsys):
     assert "is stuck at ln(4) = 1.386" in err and "lower --lr" in err
 
 
-KILL_AND_RESUME = """
+INTERRUPTED_RUN = """
 import os, signal, sys
 from squeezenet.engine.train import TrainConfig, train
 
-def kill(step):
-    if step == 7:
-        os.kill(os.getpid(), signal.SIGKILL)
+def stop(step):  # a real signal to this process after optimizer step 7
+    if step == 7 and sys.argv[3] != "resume":
+        os.kill(os.getpid(), getattr(signal, sys.argv[3]))
 
 cfg = TrainConfig(sys.argv[1], sys.argv[2], arch="squeezenet1_1", epochs=3, batch_size=8,
                   micro_batch=4, image_size=64, lr=0.01, workers=0, save_every=5, progress=False)
-train(cfg, resume=len(sys.argv) > 3, on_step=kill)
+try:
+    train(cfg, resume=sys.argv[3] == "resume", on_step=stop)
+except KeyboardInterrupt:
+    sys.exit(130)
 """
 
 
-def test_resume_after_sigkill_reaches_the_same_weights(tiny, tmp_path):
-    """12 steps (3 epochs x 4, 2 micro-batches each); killed at step 7, saved at step 5."""
-    killed = tmp_path / "killed"
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_AND_RESUME, str(tiny), str(killed)], capture_output=True
-    )
-    assert proc.returncode == -9, proc.stderr.decode()
-    import torch
+def interrupted_run(data: Path, out: Path, how: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", INTERRUPTED_RUN, str(data), str(out), how]
+    return subprocess.run(cmd, capture_output=True, text=True)
 
-    assert torch.load(killed / "state.pt", weights_only=False)["progress"].step == 5
-    resumed = subprocess.run(
-        [sys.executable, "-c", KILL_AND_RESUME.replace("step == 7", "False"), str(tiny),
-         str(killed), "resume"], capture_output=True,
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    """The uninterrupted run: 12 steps (3 epochs x 4, 2 micro-batches each), 2 workers."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    cfg = TrainConfig(
+        str(tiny), str(out), arch="squeezenet1_1", epochs=3, batch_size=8, micro_batch=4,
+        image_size=64, lr=0.01, workers=2, progress=False,
     )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr.decode()
-    reference = train(
-        TrainConfig(str(tiny), str(tmp_path / "ref"), arch="squeezenet1_1", epochs=3,
-                    batch_size=8, micro_batch=4, image_size=64, lr=0.01, workers=2,
-                    progress=False)
-    )  # fmt: skip
-    got, _ = safetensors.read(killed / "last.safetensors")
-    want, _ = safetensors.read(tmp_path / "ref" / "last.safetensors")
+    return train(cfg)
+
+
+@pytest.mark.parametrize("how, saved_step", [("SIGKILL", 5), ("SIGINT", 7)])
+def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path, reference, how, saved_step):
+    """SIGKILL at step 7 loses steps 6-7 (saved every 5); Ctrl-C saves step 7 and exits."""
+    run = tmp_path / "run"
+    proc = interrupted_run(tiny, run, how)
+    assert proc.returncode == (-9 if how == "SIGKILL" else 130), proc.stderr
+    state = torch.load(run / "state.pt", weights_only=False)
+    assert state["progress"]["step"] == saved_step
+    if how == "SIGINT":
+        assert "interrupted: saved" in proc.stderr and "--resume" in proc.stderr
+    resumed = interrupted_run(tiny, run, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    got, _ = safetensors.read(run / "last.safetensors")
+    want, _ = safetensors.read(reference.run_dir / "last.safetensors")
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in reference.history]
+    assert [r["val_loss"] for r in rows] == [h["val_loss"] for h in reference.history]

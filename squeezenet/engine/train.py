@@ -373,7 +373,7 @@ class Trainer:
             model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.prog = state["progress"]
+            self.prog = _Progress(**state["progress"])
             set_rng_states(state["rng"])
         self.net = model
         if env.world > 1:
@@ -419,7 +419,7 @@ class Trainer:
             "n_train": self.n_train, "model_kwargs": self.model.weights_info.model_kwargs,
             "preset": self.preset.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "progress": self.prog,
+            "progress": dataclasses.asdict(self.prog),
         })  # fmt: skip
 
     def fit(self, on_step: Callable[[int], None] | None = None) -> TrainResult:
