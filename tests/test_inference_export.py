@@ -13,7 +13,7 @@ import squeezenet
 from squeezenet.cli import main
 from squeezenet.data.transforms import load_image
 from squeezenet.errors import SqueezeNetError
-from squeezenet.inference.backends import OnnxModel, open_onnx
+from squeezenet.inference.backends import OnnxModel, open_onnx, optimize
 from squeezenet.inference.export import export, get_meta
 from squeezenet.inference.quantize import quantize
 
@@ -69,6 +69,11 @@ def test_onnx_export_runs_in_onnxruntime_with_the_module_logits_and_preprocessin
     x = images(model, 5)
     with torch.no_grad():
         assert relative_error(runner(x), model(x)) < 1e-4
+    assert optimize(runner, "auto") is runner
+    with pytest.raises(SqueezeNetError, match="model.onnx: an fp32 graph; make an int8 one"):
+        optimize(runner, "onnxruntime-int8")
+    with pytest.raises(SqueezeNetError, match="runs only with the onnxruntime backends"):
+        optimize(runner, "channels_last")
 
 
 def test_onnx_export_without_dynamic_batch_has_batch_1_and_still_runs_batches(model, tmp_path):

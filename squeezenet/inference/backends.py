@@ -56,6 +56,8 @@ def optimize(
                 f"{model.path}: an ONNX file runs only with the onnxruntime backends, "
                 f"not {backend!r}"
             )
+        if backend == "onnxruntime-int8" and not model.int8:
+            raise SqueezeNetError(f"{model.path}: an fp32 graph; make an int8 one with quantize")
         return model
     model.eval()
     backend = auto_backend() if backend == "auto" else backend
