@@ -1,0 +1,120 @@
+"""``squeezenet compress``: Deep Compression of a model into a ``.sqz`` file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..compress.container import FLOAT_DTYPES, MAX_GAP_BITS
+from ..compress.pipeline import Options, compress
+from ..compress.report import layer_table, plot, summary_table, to_json
+from ..errors import SqueezeNetError
+from .common import parse_int_list
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = Options()
+    p = subparsers.add_parser(
+        "compress", help="prune, quantize, fine-tune and Huffman-code weights into a .sqz file"
+    )
+    p.add_argument("--weights", required=True, metavar="PATH_OR_NAME", help="model to compress")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.sqz")
+    p.add_argument(
+        "--bits",
+        type=parse_int_list,
+        default=list(defaults.bits),
+        metavar="B[,B...]",
+        help="bits per weight code (1-8); several give OUT-<B>bit.sqz each (default 6)",
+    )
+    p.add_argument(
+        "--sparsity",
+        default=defaults.sparsity,
+        metavar="auto|PROFILE",
+        help="auto: keep the zeros of a pruned model, else 'released'; keep; "
+        "released (Song Han's per-layer densities); a density for every layer; or "
+        "PATTERN=DENSITY,... over layer roles, e.g. '*.expand3x3=0.4,conv10=0.3'",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="images to fine-tune on by distillation (labels used where the folder has them)",
+    )
+    p.add_argument(
+        "--eval",
+        type=Path,
+        metavar="DIR",
+        help="labelled folder: top-1/top-5 before and after, and the size/accuracy plot",
+    )
+    p.add_argument(
+        "--teacher", metavar="PATH_OR_NAME", help="distillation teacher (default: --weights)"
+    )
+    p.add_argument(
+        "--images", type=int, default=defaults.images, help="fine-tuning images held in memory"
+    )
+    p.add_argument("--prune-steps", type=int, default=defaults.prune_steps)
+    p.add_argument(
+        "--prune-epochs",
+        type=float,
+        default=defaults.prune_epochs,
+        help="passes over the images after each pruning step",
+    )
+    p.add_argument("--prune-lr", type=float, default=defaults.prune_lr)
+    p.add_argument(
+        "--epochs",
+        type=float,
+        default=defaults.epochs,
+        help="passes over the images to fine-tune the centroids",
+    )
+    p.add_argument("--lr", type=float, default=defaults.lr, help="centroid learning rate")
+    p.add_argument("--temperature", type=float, default=defaults.temperature)
+    p.add_argument("--label-weight", type=float, default=defaults.label_weight)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument(
+        "--float",
+        dest="dtype",
+        choices=sorted(FLOAT_DTYPES),
+        default=defaults.dtype,
+        help="storage of codebooks and biases",
+    )
+    p.add_argument(
+        "--gap-bits",
+        type=int,
+        choices=range(MAX_GAP_BITS + 1),
+        help="width of the relative positions (default: the smallest per layer)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse OUT.pruned.safetensors written by an earlier run",
+    )
+    p.add_argument("--plot", type=Path, metavar="PNG", help="size/accuracy plot (default: OUT.png)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, help="torch device, e.g. cuda")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=run_compress)  # fmt: skip
+
+
+def run_compress(args: argparse.Namespace) -> None:
+    if args.images < 1 or args.batch_size < 1 or args.prune_steps < 1:
+        raise SqueezeNetError("--images, --batch-size and --prune-steps must be at least 1")
+    options = Options(
+        bits=tuple(args.bits), sparsity=args.sparsity, data=args.data, eval_data=args.eval,
+        teacher=args.teacher, images=args.images, prune_steps=args.prune_steps,
+        prune_epochs=args.prune_epochs, prune_lr=args.prune_lr, epochs=args.epochs, lr=args.lr,
+        temperature=args.temperature, label_weight=args.label_weight,
+        batch_size=args.batch_size, dtype=args.dtype, gap_bits=args.gap_bits,
+        resume=args.resume, seed=args.seed, device=args.device, progress=not args.json,
+    )  # fmt: skip
+    report = compress(args.weights, args.output, options)
+    plot_path = args.plot or Path(args.output).with_suffix(".png")
+    if args.eval:
+        plot(report, plot_path)
+    if args.json:
+        print(json.dumps(to_json(report)))
+        return
+    for result in report.results:
+        print(f"{result.path}:\n{layer_table(result)}\n")
+    print(summary_table(report))
+    print(f"{report.seconds / 60:.1f} min" + (f"; plot: {plot_path}" if args.eval else ""))

@@ -1,0 +1,4 @@
+"""Deep Compression (Han et al. 2016) for SqueezeNet: prune, share weights, Huffman-code.
+
+``pipeline.compress`` runs the whole job; ``container`` reads and writes the ``.sqz`` format.
+"""
