@@ -79,15 +79,17 @@ def get_preset(name: str) -> Preprocess:
 
 
 def load_image(
-    path: str | Path, draft_size: int | None = None, max_pixels: int = MAX_PIXELS
+    path: str | Path, draft_size: int | None = None, max_pixels: int | None = None
 ) -> Image.Image:
     """Decode ``path`` to an 8-bit RGB image, EXIF-rotated; raise SqueezeNetError if unreadable.
 
-    ``path`` may also be a binary file object; images over ``max_pixels`` are refused.
+    ``path`` may also be a binary file object; images over ``max_pixels`` (default
+    ``MAX_PIXELS``) are refused.
 
     ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while staying at least
     that size, which makes large photos several times cheaper to decode.
     """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
