@@ -12,6 +12,7 @@ multiply-accumulate at that rate.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import time
@@ -151,6 +152,10 @@ class _Process:
         self._answer()
 
     def _answer(self):
+        while not self.conn.poll(1.0):
+            if not self.process.is_alive():
+                code = self.process.exitcode
+                raise SqueezeNetError(f"backend {self.backend}: process died (exit code {code})")
         answer = self.conn.recv()
         if isinstance(answer, tuple) and answer[0] == "error":
             self.process.join()
@@ -191,7 +196,7 @@ def bench(
     size = info.preprocess.crop
     macs = count_macs(model, size)
     del model
-    rows, floors = [], {}
+    rows, floors, loads = [], {}, [os.getloadavg()[0]]
     bar = tqdm(total=len(threads) * len(batches) * (repeats + 1), disable=not progress)
     for t in threads:
         bar.set_description(f"{t} thread(s): starting backends")
@@ -231,10 +236,10 @@ def bench(
                     "peak_rss_mb": peaks[b],
                 })  # fmt: skip
     bar.close()
+    loads.append(os.getloadavg()[0])
     return {
         "arch": info.arch, "weights": weights, "image_size": size, "macs": macs,
-        "auto": "onnxruntime" if "onnxruntime" in backends else None,
-        "floor_ops_per_s": floors, "repeats": repeats, "rows": rows,
+        "floor_ops_per_s": floors, "repeats": repeats, "load_average": loads, "rows": rows,
     }  # fmt: skip
 
 
@@ -242,7 +247,9 @@ def format_table(result: dict) -> str:
     """The result of ``bench`` as a Markdown table, one row per backend, thread count, batch."""
     lines = [
         f"{result['arch']} ({result['weights'] or 'random weights'}) at {result['image_size']}px,"
-        f" {result['macs'] / 1e9:.3f} GMAC per image; median of {result['repeats']} runs",
+        f" {result['macs'] / 1e9:.3f} GMAC per image; median of {result['repeats']} runs;"
+        f" load average {' -> '.join(f'{v:.1f}' for v in result['load_average'])}"
+        f" on {os.cpu_count()} cores",
     ]
     for t, floor in result["floor_ops_per_s"].items():
         rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in floor.items())
