@@ -124,6 +124,20 @@ def test_cli_evaluates_an_int8_file_through_onnxruntime(int8_file, tmp_path, cap
     assert result["n"] == 40 and result["top1"] >= 0.6
 
 
+def test_cli_quantizes_on_the_fly_with_calibration_images(tmp_path, capsys):
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for f in sorted((shared_path("data/imagenette/train") / "n03425413").iterdir())[:20]:
+        (calibration / f.name).symlink_to(f)
+    weights = str(shared_path(WEIGHTS["v1_1"]))
+    argv = ["evaluate", str(subset(tmp_path, 40)), "--weights", weights, "--json"]
+    assert main([*argv, "--backend", "onnxruntime-int8", "--calibration", str(calibration)]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert int8["n"] == 40 and abs(int8["top1"] - fp32["top1"]) <= 0.05
+
+
 def test_an_int8_file_is_not_run_by_a_pytorch_backend(int8_file):
     with pytest.raises(SqueezeNetError, match="int8 ONNX graph runs only with onnxruntime-int8"):
         open_onnx(int8_file, "eager")
