@@ -18,8 +18,9 @@ from PIL import Image
 from squeezenet.cli import main
 from squeezenet.data.transforms import get_preset
 from squeezenet.engine.augment import TrainTransform, random_resized_crop_box
-from squeezenet.engine.train import TrainConfig, loss_is_stuck, lr_factor, train
+from squeezenet.engine.train import TrainConfig, _make_model, loss_is_stuck, lr_factor, train
 from squeezenet.weights.formats import safetensors
+from squeezenet.weights.load import load_model
 
 CLASSES = ["n01440764", "n02102040", "n03394916", "n03888257"]  # tench, springer, horn, parachute
 NAMES = {"tench", "English springer", "French horn", "parachute"}
@@ -46,13 +47,13 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned(tiny, tmp_path_factory):
-    """Fine-tune the real v1.1 ImageNet weights on 4 classes x 8 images for 4 epochs."""
+    """Fine-tune the real v1.1 ImageNet weights, with a new classifier, on 4 classes x 8 images."""
     from conftest import shared_path
 
     out = tmp_path_factory.mktemp("run") / "ft"
     cfg = TrainConfig(
-        str(tiny), str(out), weights=str(shared_path(NCNN)), epochs=4, batch_size=8,
-        image_size=96, lr=0.002, workers=0, progress=False,
+        str(tiny), str(out), weights=str(shared_path(NCNN)), reset_head=True, epochs=4,
+        batch_size=8, image_size=96, lr=0.002, workers=0, progress=False,
     )  # fmt: skip
     return train(cfg)
 
@@ -100,6 +101,23 @@ def test_stuck_loss_rule():
     assert loss_is_stuck(np.log(1000), 0.001, 1000)
     assert not loss_is_stuck(np.log(1000) * 0.9, 0.001, 1000)
     assert not loss_is_stuck(np.log(10), 0.5, 10)
+
+
+def test_classes_the_weights_know_keep_their_classifier_rows(shared, tiny):
+    """ImageNet wnid folders: the 4-class head is the 1000-class head's rows, in folder order."""
+    weights = str(shared(NCNN))
+    order = [CLASSES[2], CLASSES[0], CLASSES[3], CLASSES[1]]  # not the ImageNet order
+    cfg = TrainConfig(str(tiny), "unused", arch="squeezenet1_1", weights=weights, num_classes=4)
+    model = _make_model(cfg, None, load_model(weights), order)
+    full = load_model(weights)
+    x = full.weights_info.preprocess(Image.open(sorted((tiny / "val" / CLASSES[1]).iterdir())[0]))
+    with torch.no_grad():
+        want = full(x[None])[0, [full.weights_info.class_ids.index(c) for c in order]]
+        got = model.eval()(x[None])[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # 4 vs 1000 output channels
+    reset = _make_model(dataclasses.replace(cfg, reset_head=True), None, load_model(weights), order)
+    assert reset.get_classifier().weight.shape[0] == 4
+    assert not torch.equal(reset.get_classifier().weight, model.get_classifier().weight)
 
 
 def test_finetune_loss_falls_and_writes_run_files(finetuned):

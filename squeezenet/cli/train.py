@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="default: number of class folders")
     p.add_argument("--freeze-features", action="store_true", default=None,
                    help="train the classifier only")  # fmt: skip
+    p.add_argument("--reset-head", action="store_true", default=None,
+                   help="new classifier even for classes the weights know")  # fmt: skip
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float, help="default 2e-4")
     p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.03)")

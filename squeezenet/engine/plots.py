@@ -70,8 +70,11 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Non
 def plot_compare(rows: list[dict], columns: dict[str, str], path: Path) -> None:
     """One bar chart per metric (``columns``: key -> title), one bar per architecture."""
     names = [r["arch"] for r in rows]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.6))
-    for ax, (key, title) in zip(np.atleast_1d(axes), columns.items(), strict=True):
+    n_rows = -(-len(columns) // 3)
+    fig, axes = plt.subplots(n_rows, 3, figsize=(11, 3.6 * n_rows), squeeze=False)
+    for ax in axes.flat[len(columns) :]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, columns.items(), strict=False):
         values = [r[key] for r in rows]
         bars = ax.bar(names, values, color=plt.cm.tab10(np.arange(len(rows))))
         ax.bar_label(bars, fmt="%.3g", fontsize=7)

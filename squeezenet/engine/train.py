@@ -60,6 +60,7 @@ class TrainConfig:
     weights: str | None = None  # start from these (classifier replaced if classes differ)
     num_classes: int | None = None  # default: number of class folders (or labels.csv maximum)
     freeze_features: bool = False
+    reset_head: bool = False  # a new classifier even when the weights know the data's classes
     epochs: int = 30
     batch_size: int = 512  # global images per optimizer step
     lr: float | None = None  # default 0.04 * batch_size / 512
@@ -81,7 +82,7 @@ class TrainConfig:
 
 # Fields that define a run: a --resume that asks for other values is an error.
 RUN_FIELDS = (
-    "arch", "weights", "num_classes", "freeze_features", "epochs", "batch_size", "lr",
+    "arch", "weights", "num_classes", "freeze_features", "reset_head", "epochs", "batch_size", "lr",
     "momentum", "weight_decay", "warmup", "image_size", "min_scale", "seed",
 )  # fmt: skip
 
@@ -223,6 +224,9 @@ def _load_data(cfg: TrainConfig, preprocess: Preprocess) -> tuple[ImageDataset, 
 
 def _resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None) -> TrainConfig:
     """Fill the ``None`` fields that define the run."""
+    for name in ("epochs", "batch_size", "micro_batch", "image_size"):
+        if (value := getattr(cfg, name)) is not None and value < 1:
+            raise SqueezeNetError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     found = len(train.classes) if train.classes else max(train.labels) + 1
     if cfg.num_classes is not None and train.classes and cfg.num_classes != found:
         raise SqueezeNetError(
@@ -241,7 +245,9 @@ def _resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None
     return cfg
 
 
-def _make_model(cfg: TrainConfig, state: dict | None, pretrained: nn.Module | None) -> nn.Module:
+def _make_model(
+    cfg: TrainConfig, state: dict | None, pretrained: nn.Module | None, class_ids: list[str] | None
+) -> nn.Module:
     """The model to train: rebuilt from the state, or pretrained, or initialised from scratch."""
     if state is not None:
         model = build_model(cfg.arch, num_classes=cfg.num_classes, **state["model_kwargs"])
@@ -251,13 +257,28 @@ def _make_model(cfg: TrainConfig, state: dict | None, pretrained: nn.Module | No
         return model
     if pretrained is None:
         return create_model(cfg.arch, num_classes=cfg.num_classes)
-    if pretrained.weights_info.arch != cfg.arch:
-        raise SqueezeNetError(
-            f"{cfg.weights}: holds {pretrained.weights_info.arch} weights, not {cfg.arch}"
-        )
-    if pretrained.weights_info.num_classes != cfg.num_classes:
+    info = pretrained.weights_info
+    if info.arch != cfg.arch:
+        raise SqueezeNetError(f"{cfg.weights}: holds {info.arch} weights, not {cfg.arch}")
+    known = info.class_ids or []
+    if not cfg.reset_head and class_ids and set(class_ids) <= set(known):
+        _keep_rows(pretrained, [known.index(c) for c in class_ids])
+        info.extra["head"] = "classifier rows of the weights' own classes kept"
+    elif cfg.reset_head or info.num_classes != cfg.num_classes:
         pretrained.reset_classifier(cfg.num_classes)
+        info.extra["head"] = "new classifier"
     return pretrained
+
+
+def _keep_rows(model: nn.Module, rows: list[int]) -> None:
+    """Shrink the classifier to ``rows`` of the old one, keeping their trained weights."""
+    old = model.get_classifier()
+    weight, bias = old.weight.detach()[rows].clone(), old.bias.detach()[rows].clone()
+    model.reset_classifier(len(rows))
+    new = model.get_classifier()
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.bias.copy_(bias)
 
 
 def _check_resume_data(state: dict, cfg: TrainConfig, train: ImageDataset) -> None:
@@ -343,7 +364,7 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model = model = _make_model(cfg, state, pretrained)
+        self.model = model = _make_model(cfg, state, pretrained, train.classes)
         info = model.weights_info
         info.preprocess, info.num_classes = self.preset, cfg.num_classes
         info.class_ids = train.classes
@@ -400,12 +421,12 @@ class Trainer:
         self.last_save = time.monotonic()
 
     def describe(self) -> str:
-        cfg = self.cfg
+        cfg, head = self.cfg, self.model.weights_info.extra.get("head")
         return (
             f"training {cfg.arch} on {self.n_train} images of {cfg.num_classes} classes "
             f"({self.steps} steps/epoch): global batch {cfg.batch_size} = {self.env.world} "
             f"process(es) x {self.accum} accumulation x {self.micro}, lr {cfg.lr:g}, "
-            f"{cfg.image_size}px, {self.env.device}"
+            f"{cfg.image_size}px, {self.env.device}" + (f"; {head}" if head else "")
         )
 
     def save(self) -> None:
