@@ -34,14 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", metavar="DATA")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints, metrics, plots")
-    p.add_argument("--arch", choices=list_models(), help="default: the weights', or squeezenet1_1")
+    p.add_argument("--arch", help=f"{', '.join(list_models())} (default: the weights', or "
+                   "squeezenet1_1)")  # fmt: skip
     p.add_argument("--weights", metavar="PATH_OR_NAME", help="start from these weights")
     p.add_argument("--num-classes", type=int, help="default: number of class folders")
     p.add_argument("--freeze-features", action="store_true", default=None,
                    help="train the classifier only")  # fmt: skip
     p.add_argument("--reset-head", action="store_true", default=None,
                    help="new classifier even for classes the weights know")  # fmt: skip
-    p.add_argument("--momentum", type=float)
+    p.add_argument("--momentum", type=float, help="default 0.9")
     p.add_argument("--weight-decay", type=float, help="default 2e-4")
     p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.03)")
     p.add_argument("--min-scale", type=float, help="random-resized-crop min area (default 0.08)")

@@ -282,12 +282,16 @@ def _keep_rows(model: nn.Module, rows: list[int]) -> None:
 
 
 def _check_resume_data(state: dict, cfg: TrainConfig, train: ImageDataset) -> None:
-    if state["class_ids"] != train.classes or state["n_train"] != len(train):
-        raise SqueezeNetError(
-            f"{cfg.out}: --resume with other data: the run was trained on {state['n_train']} "
-            f"images of classes {state['class_ids']}, {cfg.data} has {len(train)} of "
-            f"{train.classes}"
-        )
+    old, new = state["class_ids"] or [], train.classes or []
+    if old == new and state["n_train"] == len(train):
+        return
+    gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+    raise SqueezeNetError(
+        f"{cfg.out}: --resume with other data: the run was trained on {state['n_train']} images "
+        f"of {len(old)} classes, {cfg.data} has {len(train)} of {len(new)}"
+        + (f"; missing {', '.join(gone[:5])}" if gone else "")
+        + (f"; new {', '.join(added[:5])}" if added else "")
+    )
 
 
 def _check_resume_settings(state: dict, cfg: TrainConfig) -> None:
