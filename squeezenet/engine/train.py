@@ -42,7 +42,7 @@ from ..errors import SqueezeNetError
 from ..models import build_model, default_input_size
 from ..weights.load import WeightsInfo, create_model, load_model, save_model
 from .augment import AugmentedDataset, TrainTransform
-from .checkpoint import load_state, save_state, set_rng_states
+from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
 from .evaluate import run as run_inference
 from .plots import plot_confusion, plot_curves
 
@@ -176,6 +176,7 @@ def loss_is_stuck(loss: float, top1: float, num_classes: int) -> bool:
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one optimizer step on one rank (dropout draws from it)."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
@@ -343,7 +344,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, env: _Env, resume: bool) -> None:
         out = Path(cfg.out)
-        if not resume and (out / "state.pt").exists():
+        if not resume and (out / STATE_FILE).exists():
             raise SqueezeNetError(
                 f"{out}: already holds a run; pass --resume or choose another --out"
             )
@@ -461,10 +462,9 @@ class Trainer:
                 if not self.guard.busy:  # between steps, model and optimizer are consistent
                     self.save()
                     if self.env.main:
-                        print(
-                            f"interrupted: saved {self.out}/state.pt (epoch {self.prog.epoch + 1}"
-                            f", step {self.prog.step}); continue with --resume", file=sys.stderr,
-                        )  # fmt: skip
+                        where = f"epoch {self.prog.epoch + 1}, step {self.prog.step}"
+                        print(f"interrupted: saved {self.out / STATE_FILE} ({where}); continue "
+                              "with --resume", file=sys.stderr)  # fmt: skip
                 raise
         info = self.model.weights_info
         if self.env.main and self.prog.confusion is not None:
@@ -541,7 +541,7 @@ class Trainer:
         stats[1] = float(not math.isfinite(stats[2].item()))
         stop, bad, *totals = _all_reduce(stats, env).tolist()
         if bad:
-            saved = self.out / "state.pt"
+            saved = self.out / STATE_FILE
             note = f"; {saved} holds the last good checkpoint" if saved.exists() else ""
             raise SqueezeNetError(
                 f"the loss became {totals[0] / max(totals[2], 1):.3g} at step {prog.step} (lr "
