@@ -3,7 +3,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip install -q -c constraints.txt
 SHARED ?= $(or $(SQUEEZENET_SHARED),../shared)
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo test lint install install-test clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
