@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 import torch
 from conftest import shared_path
@@ -108,6 +110,13 @@ def test_bench_times_backends_side_by_side_with_floor_and_memory():
     assert set(floor) == {"torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8"}
     assert result["macs"] == 349_151_936  # squeezenet1_1 at 224 (torchvision: 0.35 GFLOPS)
     assert "| onnxruntime | " in format_table(result)
+
+
+def test_bench_reports_a_backend_that_fails_and_leaves_no_process(tmp_path):
+    with pytest.raises(SqueezeNetError, match="backend onnxruntime-int8: .*missing: calibration"):
+        bench("squeezenet1_1", backends=["eager", "onnxruntime-int8"], progress=False,
+              calibration=tmp_path / "missing")  # fmt: skip
+    assert multiprocessing.active_children() == []
 
 
 def test_bench_refuses_an_unknown_backend():

@@ -36,6 +36,11 @@ MICRO_BATCH = 4
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise SqueezeNetError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
 def auto_backend() -> str:
     """The fastest exact (fp32) backend installed (measured: benchmarks/RESULTS.md)."""
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "channels_last"
@@ -50,8 +55,7 @@ def optimize(
     the input size (default: the preprocessing's crop); for ``onnxruntime-int8`` it is the
     calibration data, so it must hold real preprocessed images.
     """
-    if backend not in BACKENDS:
-        raise SqueezeNetError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    check_backend(backend)
     if isinstance(model, OnnxModel):
         if backend not in ("auto", *ONNX_BACKENDS):
             raise SqueezeNetError(

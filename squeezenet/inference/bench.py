@@ -16,7 +16,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from ..data.transforms import Preprocess
 from ..errors import SqueezeNetError
 from ..models.stats import count_macs
 from ..weights.load import create_model, load_model
-from .backends import BACKENDS, optimize
+from .backends import BACKENDS, check_backend, optimize
 
 FLOOR_SIZE = 2048  # side of the square matrices of the floor's products
 FLOOR = "floor"
@@ -144,14 +144,12 @@ class _Process:
 
     def __init__(self, backend: str, threads: int, *args) -> None:
         self.backend = backend
-        self.conn, child = mp.get_context("spawn").Pipe()
-        self.process = mp.get_context("spawn").Process(
-            target=_worker, args=(child, backend, threads, *args), daemon=True
-        )
+        spawn = mp.get_context("spawn")
+        self.conn, child = spawn.Pipe()
+        self.process = spawn.Process(target=_worker, args=(child, backend, threads, *args))
         self.process.start()
-        self._answer()
 
-    def _answer(self):
+    def answer(self):
         while not self.conn.poll(1.0):
             if not self.process.is_alive():
                 code = self.process.exitcode
@@ -164,22 +162,48 @@ class _Process:
 
     def run(self, batch: int, calls: int) -> list:
         self.conn.send((batch, calls))
-        return self._answer()
+        return self.answer()
 
     def close(self) -> float:
+        """Stop the process; return its peak resident memory in MB."""
         self.conn.send(None)
-        peak = self._answer()
+        peak = self.answer()
         self.process.join()
         return peak
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _rounds(procs: list[_Process], threads: int, batches, repeats: int, warmup: int, bar):
+    """Seconds per (backend, batch) and the floor's rates, the processes taking turns."""
+    times: dict[tuple[str, int], list[float]] = {}
+    rates: list[dict] = []
+    for batch in batches:
+        bar.set_description(f"{threads} thread(s), batch {batch}")
+        for p in procs:
+            p.run(batch, warmup)
+        bar.update()
+        for _ in range(repeats):
+            for p in procs:
+                answer = p.run(batch, 1)
+                if p.backend == FLOOR:
+                    rates += answer
+                else:
+                    times.setdefault((p.backend, batch), []).extend(answer)
+            bar.update()
+    return times, rates
 
 
 def bench(
     arch: str | None = None,
     weights: str | None = None,
     *,
-    batches: list[int] = (1, 20),
-    threads: list[int] | None = None,
-    backends: list[str] | None = None,
+    batches: Sequence[int] = (1, 20),
+    threads: Sequence[int] | None = None,
+    backends: Sequence[str] | None = None,
     repeats: int = 10,
     warmup: int = 2,
     calibration: str | Path | None = None,
@@ -189,8 +213,7 @@ def bench(
     backends = backends or [b for b in BACKENDS if b != "auto"]
     threads = threads or [torch.get_num_threads()]
     for b in backends:
-        if b not in BACKENDS:
-            raise SqueezeNetError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        check_backend(b)
     model = load(arch, weights)
     info = model.weights_info
     size = info.preprocess.crop
@@ -200,24 +223,16 @@ def bench(
     bar = tqdm(total=len(threads) * len(batches) * (repeats + 1), disable=not progress)
     for t in threads:
         bar.set_description(f"{t} thread(s): starting backends")
-        args = (arch, weights, calibration, list(batches))
-        procs = [_Process(b, t, *args) for b in [FLOOR, *backends]]
-        times: dict[tuple[str, int], list[float]] = {}
-        rates: list[dict] = []
-        for batch in batches:
-            bar.set_description(f"{t} thread(s), batch {batch}")
+        procs: list[_Process] = []
+        try:
+            for b in [FLOOR, *backends]:  # one at a time: building one must not slow another
+                procs.append(_Process(b, t, arch, weights, calibration, list(batches)))
+                procs[-1].answer()
+            times, rates = _rounds(procs, t, batches, repeats, warmup, bar)
+            peaks = {p.backend: p.close() for p in procs}
+        finally:
             for p in procs:
-                p.run(batch, warmup)
-            bar.update()
-            for _ in range(repeats):
-                for p in procs:
-                    answer = p.run(batch, 1)
-                    if p.backend == FLOOR:
-                        rates += answer
-                    else:
-                        times.setdefault((p.backend, batch), []).extend(answer)
-                bar.update()
-        peaks = {p.backend: p.close() for p in procs}
+                p.kill()
         floor = {k: statistics.median(r[k] for r in rates) for k in rates[0]}
         floors[t] = floor
         best32 = max(v for k, v in floor.items() if "fp32" in k)
