@@ -42,7 +42,7 @@ def onnx_model(
     Uses the TorchScript-based exporter (``dynamo=False``), which needs no onnxscript.
     """
     model.eval()
-    x = torch.zeros(1, *input_shape(model, example)) if example is None else example[:1]
+    x = torch.zeros(1, *input_shape(model, example))
     buffer = io.BytesIO()
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
