@@ -14,8 +14,9 @@ from squeezenet.cli import main
 from squeezenet.data.transforms import load_image
 from squeezenet.errors import SqueezeNetError
 from squeezenet.inference.backends import OnnxModel, open_onnx, optimize
-from squeezenet.inference.export import export, get_meta
+from squeezenet.inference.export import export
 from squeezenet.inference.quantize import quantize
+from squeezenet.weights.formats.onnx import metadata
 
 WEIGHTS = {
     "v1_0": "weights/deep-compression/compressed_SqueezeNet.net",
@@ -60,7 +61,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_module_logits_and_preprocessin
     path = tmp_path / "model.onnx"
     export(model, path, "onnx", dynamic_batch=True)
     info = model.weights_info
-    meta = get_meta(onnx.load(path))
+    meta = metadata(onnx.load(path))
     assert meta["arch"] == info.arch and meta["preprocess"]["name"] == info.preprocess.name
     assert len(meta["classes"]) == 1000
     runner = OnnxModel(path)
@@ -107,7 +108,7 @@ def test_int8_file_runs_with_its_preprocessing_and_keeps_top1(int8_file):
     assert runner.int8
     v11 = squeezenet.load_model(shared_path(WEIGHTS["v1_1"]))
     assert runner.weights_info.preprocess == v11.weights_info.preprocess
-    assert "calibration on 30 images" in get_meta(onnx.load(int8_file))["quantization"]
+    assert "calibration on 30 images" in metadata(onnx.load(int8_file))["quantization"]
     x = images(v11, 60)
     labels = [
         int(r.split(",")[1]) for r in (shared_path(VAL) / "labels.csv").read_text().split()[1:61]
@@ -149,7 +150,7 @@ def test_cli_export_and_quantize_write_files(tmp_path, capsys):
     out = tmp_path / "v11.onnx"
     assert main(["export", "--weights", weights, "--format", "onnx", "-o", str(out)]) == 0
     assert "squeezenet1_1 as onnx, input (1, 3, 224, 224)" in capsys.readouterr().out
-    assert get_meta(onnx.load(out))["arch"] == "squeezenet1_1"
+    assert metadata(onnx.load(out))["arch"] == "squeezenet1_1"
 
 
 @pytest.mark.parametrize(

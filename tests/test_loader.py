@@ -184,3 +184,29 @@ def test_named_weights_carry_their_preprocessing():
     assert squeezenet.get_weights("squeezenet1_1.ncnn").transforms().crop == 224
     with pytest.raises(SqueezeNetError, match="unknown weights"):
         squeezenet.get_weights("resnet50")
+
+
+def test_exported_onnx_carries_arch_and_preprocessing(shared, tmp_path):
+    """An ONNX file from `squeezenet export` rebuilds the module with its Caffe preprocessing."""
+    from squeezenet.inference.export import export
+
+    original = squeezenet.load_model(shared(DC))
+    export(original, tmp_path / "v10.onnx", "onnx")
+    rebuilt = squeezenet.load_model(tmp_path / "v10.onnx")
+    info = rebuilt.weights_info
+    assert (info.arch, info.preprocess.name, info.model_kwargs) == (
+        "squeezenet1_0", "caffe", {"classifier_padding": 1}
+    )  # fmt: skip
+    assert_same_state(original, rebuilt)
+
+
+def test_saved_files_get_the_usual_mode_and_a_missing_folder_is_named(tmp_path):
+    import os
+    import stat
+
+    squeezenet.save_model(random_model(), tmp_path / "m.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(SqueezeNetError, match="folder .*nope does not exist"):
+        squeezenet.save_model(random_model(), tmp_path / "nope" / "m.safetensors")

@@ -26,8 +26,9 @@ from torch import nn
 from ..data.datasets import imagenet_classes
 from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
+from ..weights.formats.onnx import metadata
 from ..weights.load import WeightsInfo, sha256_file
-from .export import get_meta, input_shape, onnx_model, read_onnx
+from .export import input_shape, onnx_model, read_onnx
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ["auto", "eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8"]
@@ -205,7 +206,7 @@ class OnnxModel(nn.Module):
         outputs = proto.graph.output[0].type.tensor_type.shape.dim
         if len(dims) != 4 or None in dims[1:] or dims[0] not in (None, 1):
             raise SqueezeNetError(f"{self.path}: input shape {dims} is not (N or 1, C, H, W)")
-        self.weights_info = _info(get_meta(proto), self.path, outputs[-1].dim_value, preprocess)
+        self.weights_info = _info(metadata(proto), self.path, outputs[-1].dim_value, preprocess)
         runner = _run_session(proto.SerializeToString(), dims[0] or MICRO_BATCH)
         self._forward = checked(runner, tuple(dims[1:]))
 

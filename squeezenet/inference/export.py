@@ -63,17 +63,6 @@ def set_meta(proto: onnx.ModelProto, meta: dict) -> None:
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in meta.items()})
 
 
-def get_meta(proto: onnx.ModelProto) -> dict:
-    """The metadata that ``set_meta`` stored; keys whose values are not JSON are skipped."""
-    meta = {}
-    for prop in proto.metadata_props:
-        try:
-            meta[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
-            continue
-    return meta
-
-
 def read_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file; a file that is not one raises FormatError naming it."""
     try:

@@ -24,7 +24,8 @@ from ..data.datasets import ImageDataset, list_images
 from ..data.transforms import Preprocess
 from ..errors import SqueezeNetError
 from ..io import atomic_write_bytes
-from .export import INPUT, check_output, get_meta, onnx_model, set_meta
+from ..weights.formats.onnx import metadata
+from .export import INPUT, check_output, onnx_model, set_meta
 
 CALIBRATION_BATCH = 10
 NUM_IMAGES = 300
@@ -85,7 +86,7 @@ def quantize_onnx(
             )  # fmt: skip
         quantized = onnx.load(int8)
     note = f"int8 QDQ, per-channel weights, {method} calibration on {len(images)} images"
-    set_meta(quantized, {**get_meta(proto), "quantization": note})
+    set_meta(quantized, {**metadata(proto), "quantization": note})
     return quantized
 
 

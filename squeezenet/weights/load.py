@@ -198,7 +198,7 @@ def assign_layers(model: nn.Module, layers: Layers, source: str) -> dict[str, to
 
 
 def _read_foreign(path: Path, fmt: str, prototxt: Path | None) -> tuple[Layers, str, dict, str]:
-    """Read a foreign format; return (layers, arch, model kwargs, preprocess preset)."""
+    """Read a foreign format; return (layers, arch, model kwargs, preprocess preset name)."""
     if fmt == "deep_compression":
         from .formats import deep_compression
 
@@ -234,7 +234,7 @@ def _read_foreign(path: Path, fmt: str, prototxt: Path | None) -> tuple[Layers, 
 
         layers = onnx_format.read(path)
         arch, _ = _arch_of_layers(layers)
-        return layers, arch, {"classifier_padding": _onnx_last_conv_pad(path)}, "torchvision"
+        return layers, arch, {"classifier_padding": _onnx_conv10_pad(path)}, "torchvision"
     raise FormatError(f"{path}: unsupported format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
@@ -259,7 +259,7 @@ def _caffe_shapes(prototxt: Path | None) -> tuple[list[tuple[str, tuple[int, ...
     return shapes, 1
 
 
-def _onnx_last_conv_pad(path: Path) -> int:
+def _onnx_conv10_pad(path: Path) -> int:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -335,7 +335,18 @@ def _load_model(
     else:
         layers, arch, kwargs, preset_name = _read_foreign(path, fmt, prototxt and Path(prototxt))
         num_classes = int(layers[-1][1]["weight"].shape[0])
-        preset = get_preset(preset_name)
+        if fmt == "onnx":  # files written by `squeezenet export` say what they hold
+            import onnx
+
+            from .formats.onnx import metadata
+
+            meta = metadata(onnx.load(str(path), load_external_data=False))
+            arch, kwargs = meta.get("arch", arch), meta.get("model_kwargs", kwargs)
+        preset = (
+            Preprocess.from_dict(meta["preprocess"])
+            if "preprocess" in meta
+            else get_preset(preset_name)
+        )
         state = None
     if entry is not None:
         arch, preset = entry.arch, get_preset(entry.preprocess)

@@ -8,6 +8,7 @@ PyTorch's (out, in). Layer names are node names, or ``f"{op}_{i}"`` for unnamed 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,15 @@ def read(path: str | Path) -> Layers:
     if not any(node.op_type == "Conv" for node in model.graph.node):
         raise FormatError(f"{path}: no Conv node (not a SqueezeNet graph?)")
     return layers
+
+
+def metadata(model: onnx.ModelProto) -> dict:
+    """``metadata_props`` whose values are JSON (as ``squeezenet export`` writes arch,
+    preprocessing and classes); other values are skipped."""
+    meta = {}
+    for prop in model.metadata_props:
+        try:
+            meta[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            continue
+    return meta
