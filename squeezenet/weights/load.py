@@ -197,8 +197,10 @@ def assign_layers(model: nn.Module, layers: Layers, source: str) -> dict[str, to
     return state
 
 
-def _read_foreign(path: Path, fmt: str, prototxt: Path | None) -> tuple[Layers, str, dict, str]:
-    """Read a foreign format; return (layers, arch, model kwargs, preprocess preset name)."""
+def _read_foreign(
+    path: Path, fmt: str, prototxt: Path | None
+) -> tuple[Layers, str, dict, str, dict]:
+    """Read a foreign format; return (layers, arch, model kwargs, preset name, metadata)."""
     if fmt == "deep_compression":
         from .formats import deep_compression
 
@@ -208,6 +210,7 @@ def _read_foreign(path: Path, fmt: str, prototxt: Path | None) -> tuple[Layers, 
             "squeezenet1_0",
             {"classifier_padding": pad},
             "caffe",
+            {},
         )
     if fmt == "ncnn":
         from .formats import ncnn
@@ -215,7 +218,8 @@ def _read_foreign(path: Path, fmt: str, prototxt: Path | None) -> tuple[Layers, 
         layers = ncnn.read(path)
         convs = [layer for layer in ncnn.read_param(path) if layer.type == "Convolution"]
         arch, _ = _arch_of_layers(layers)
-        return layers, arch, {"classifier_padding": int(convs[-1].params.get(4, 0))}, "torchvision"
+        pad = int(convs[-1].params.get(4, 0))
+        return layers, arch, {"classifier_padding": pad}, "torchvision", {}
     if fmt == "caffe":
         from .formats import caffe
 
@@ -224,17 +228,20 @@ def _read_foreign(path: Path, fmt: str, prototxt: Path | None) -> tuple[Layers, 
         pad = 1 if arch == "squeezenet1_0" else 0
         if prototxt is not None:
             pad = _caffe_shapes(prototxt)[1]
-        return layers, arch, {"classifier_padding": pad}, "caffe"
+        return layers, arch, {"classifier_padding": pad}, "caffe", {}
     if fmt == "chainer":
         from .formats import chainer
 
-        return chainer.read(path), "squeezenet1_0_chainer", {}, "caffe"
+        return chainer.read(path), "squeezenet1_0_chainer", {}, "caffe", {}
     if fmt == "onnx":
         from .formats import onnx as onnx_format
 
         layers = onnx_format.read(path)
         arch, _ = _arch_of_layers(layers)
-        return layers, arch, {"classifier_padding": _onnx_conv10_pad(path)}, "torchvision"
+        pad, meta = _onnx_pad_and_metadata(path)
+        # files written by `squeezenet export` record what they hold
+        kwargs = meta.get("model_kwargs", {"classifier_padding": pad})
+        return layers, meta.get("arch", arch), kwargs, "torchvision", meta
     raise FormatError(f"{path}: unsupported format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
@@ -259,13 +266,16 @@ def _caffe_shapes(prototxt: Path | None) -> tuple[list[tuple[str, tuple[int, ...
     return shapes, 1
 
 
-def _onnx_conv10_pad(path: Path) -> int:
+def _onnx_pad_and_metadata(path: Path) -> tuple[int, dict]:
+    """The last Conv's padding (Caffe's conv10 pad 1) and the file's JSON metadata."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    convs = [n for n in graph.node if n.op_type == "Conv"]
+    from .formats.onnx import metadata
+
+    model = onnx.load(str(path), load_external_data=False)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
     pads = [list(a.ints) for a in convs[-1].attribute if a.name == "pads"]
-    return int(pads[0][0]) if pads else 0
+    return (int(pads[0][0]) if pads else 0), metadata(model)
 
 
 def load_model(
@@ -333,15 +343,10 @@ def _load_model(
         arch, kwargs, num_classes = meta["arch"], meta.get("model_kwargs", {}), meta["num_classes"]
         preset = Preprocess.from_dict(meta["preprocess"])
     else:
-        layers, arch, kwargs, preset_name = _read_foreign(path, fmt, prototxt and Path(prototxt))
+        layers, arch, kwargs, preset_name, meta = _read_foreign(
+            path, fmt, prototxt and Path(prototxt)
+        )
         num_classes = int(layers[-1][1]["weight"].shape[0])
-        if fmt == "onnx":  # files written by `squeezenet export` say what they hold
-            import onnx
-
-            from .formats.onnx import metadata
-
-            meta = metadata(onnx.load(str(path), load_external_data=False))
-            arch, kwargs = meta.get("arch", arch), meta.get("model_kwargs", kwargs)
         preset = (
             Preprocess.from_dict(meta["preprocess"])
             if "preprocess" in meta
