@@ -7,6 +7,7 @@ import multiprocessing
 import pytest
 import torch
 from conftest import shared_path
+from PIL import ImageOps
 
 import squeezenet
 from squeezenet.data.transforms import load_image
@@ -53,6 +54,28 @@ def test_compile_backend_gives_the_module_logits(shared):
     with torch.no_grad():
         expected = model(x)
     assert relative_error(optimize(model, "compile", example=x)(x), expected) < 1e-4
+
+
+def test_cuda_backend_without_a_gpu_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = squeezenet.create_model("squeezenet1_1")
+    with pytest.raises(SqueezeNetError, match="^backend 'cuda' needs a CUDA GPU; none is visible$"):
+        optimize(model, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_backend_gives_the_module_logits_on_the_cpu():
+    model = squeezenet.load_model(shared_path(WEIGHTS["v1_1"]))
+    photo = load_image(shared_path("data/photos/cat.jpg"))
+    x = torch.stack([model.weights_info.preprocess(p) for p in (photo, ImageOps.mirror(photo))])
+    with torch.no_grad():
+        expected = model(x)
+    forward = optimize(model, "cuda")
+    logits = forward(x)
+    assert logits.device.type == "cpu" and relative_error(logits, expected) < 1e-3
+    assert relative_error(forward(x[1:]), expected[1:]) < 1e-3  # another batch size
+    with pytest.raises(SqueezeNetError, match="expected a float32 batch of shape"):
+        forward(x.double())
 
 
 def test_int8_backend_calibrated_on_real_images_keeps_the_top_class(model):

@@ -6,9 +6,12 @@
 * ``onnxruntime``: the ONNX export run by ONNX Runtime with all graph optimizations (its
   NCHWc kernels); the fastest fp32 backend here, so ``auto`` picks it.
 * ``onnxruntime-int8``: static int8 (QDQ, per-channel weights) calibrated on ``example``.
+* ``cuda``: a copy on the GPU (NHWC, fp32 without TF32); batches go there and logits come back.
+  Offered only where a CUDA GPU is visible.
 
-All use ``torch.get_num_threads()`` threads. An .onnx file (e.g. one written by ``squeezenet
-quantize``) runs as it is through ``OnnxModel``, which reads its preprocessing from the file.
+The CPU backends use ``torch.get_num_threads()`` threads. An .onnx file (e.g. one written by
+``squeezenet quantize``) runs as it is through ``OnnxModel``, which reads its preprocessing from
+the file.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ from .export import input_shape, onnx_model, read_onnx
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ["auto", "eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8"]
+BACKENDS += ["cuda"] if torch.cuda.is_available() else []
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8")
 MICRO_BATCH = 4
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
 
 def check_backend(backend: str) -> None:
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise SqueezeNetError("backend 'cuda' needs a CUDA GPU; none is visible")
     if backend not in BACKENDS:
         raise SqueezeNetError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
@@ -119,6 +125,24 @@ def _compile(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Fo
     return forward
 
 
+def _cuda(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+    """The module on the GPU in NHWC and true fp32; logits come back to the CPU.
+
+    The cuDNN settings hold for the whole process (cuDNN has no per-model switch): TF32 off
+    (it rounds convolution inputs to 10 mantissa bits), kernels chosen once per batch size.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    gpu = copy.deepcopy(model).to("cuda", memory_format=torch.channels_last)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = x.to("cuda").contiguous(memory_format=torch.channels_last)
+            return gpu(x).cpu()  # waits for the GPU
+
+    return forward
+
+
 def session(model: bytes | str, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimizations on ``threads`` threads.
 
@@ -180,6 +204,7 @@ BUILDERS = {
     "compile": _compile,
     "onnxruntime": _onnxruntime,
     "onnxruntime-int8": _onnxruntime_int8,
+    "cuda": _cuda,
 }
 
 
