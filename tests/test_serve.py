@@ -17,6 +17,8 @@ from PIL import Image
 import squeezenet
 from squeezenet.cli import main
 from squeezenet.engine.evaluate import predict
+from squeezenet.inference.backends import OnnxModel
+from squeezenet.inference.quantize import quantize
 from squeezenet.serve.app import Limits, create_app
 from squeezenet.serve.batcher import BatchResult, MicroBatcher
 
@@ -155,6 +157,26 @@ def test_models_health_metrics_openapi_page(client):
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text
     assert 'fetch("/v1/classify' in client.get("/static/app.js").text
+
+
+def test_serve_runs_an_int8_onnx_file_as_predict_does(model, tmp_path, monkeypatch):
+    import uvicorn
+
+    path = tmp_path / "v11.int8.onnx"
+    quantize(model, shared_path("data/imagenette/train"), path, num_images=4, progress=False)
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    assert main(["serve", "--weights", str(path)]) == 0
+    photo = shared_path("data/photos/chelsea.png")
+    expected = predict(OnnxModel(path), [photo], topk=3, workers=0, progress=False)[0][0]["top"]
+    with TestClient(apps[0]) as c:
+        answer = c.post("/v1/classify?topk=3", content=photo.read_bytes()).json()
+        meta = c.get("/v1/models").json()["models"][0]
+    assert [t["index"] for t in answer["top"]] == [t["index"] for t in expected]
+    np.testing.assert_allclose(
+        [t["prob"] for t in answer["top"]], [t["prob"] for t in expected], rtol=1e-4
+    )
+    assert meta["file_format"] == "onnx" and meta["source"] == str(path)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS
+from ..inference.backends import BACKENDS, open_onnx
 from .common import add_weights_args, model_from_args
 
 
@@ -54,8 +54,9 @@ def run_serve(args: argparse.Namespace) -> None:
     )
     if args.threads:
         torch.set_num_threads(args.threads)  # the backends take torch's thread count
+    model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
     app = create_app(
-        model_from_args(args), backend=args.backend, max_batch=args.max_batch,
+        model, backend=args.backend, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, limits=limits,
     )  # fmt: skip
     print(f"squeezenet serve: http://{args.host}:{args.port}/ (Ctrl-C stops)")
