@@ -1,5 +1,8 @@
 """Preprocessing on Pillow/NumPy: presets, image modes, EXIF orientation, bad files."""
 
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,3 +113,12 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     gradient().save(tmp_path / "big.png")
     with pytest.raises(SqueezeNetError, match="pixel limit"):
         load_image(tmp_path / "big.png")
+
+
+def test_load_image_in_threads_leaves_the_warning_filters_alone(tmp_path):
+    """serve decodes in threads: a warnings.catch_warnings() there would leak filters."""
+    gradient().save(tmp_path / "g.png")
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(8) as pool:
+        sizes = set(pool.map(lambda _: load_image(tmp_path / "g.png").size, range(2000)))
+    assert sizes == {(300, 200)} and warnings.filters == before

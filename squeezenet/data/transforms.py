@@ -10,7 +10,6 @@ applies the EXIF orientation, so every image arrives as 8-bit RGB the right way 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,32 +83,32 @@ def load_image(
     """Decode ``path`` to an 8-bit RGB image, EXIF-rotated; raise SqueezeNetError if unreadable.
 
     ``path`` may also be a binary file object; images over ``max_pixels`` (default
-    ``MAX_PIXELS``) are refused.
+    ``MAX_PIXELS``) are refused from the size in their header, before any pixel is decoded.
+    Safe to call from several threads (it changes no warning filter). Pillow itself refuses
+    images over twice its ``Image.MAX_IMAGE_PIXELS`` (and warns above it), whatever the limit.
 
     ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while staying at least
     that size, which makes large photos several times cheaper to decode.
     """
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > max_pixels:
-                    raise SqueezeNetError(
-                        f"{path}: image of {image.width}x{image.height} pixels is larger than "
-                        f"the {max_pixels:,}-pixel limit"
-                    )
-                if draft_size and image.format == "JPEG":
-                    image.draft("RGB", (draft_size, draft_size))
-                image = ImageOps.exif_transpose(image)
-                return to_rgb(image)
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > max_pixels:
+                raise SqueezeNetError(
+                    f"{path}: image of {image.width}x{image.height} pixels is larger than "
+                    f"the {max_pixels:,}-pixel limit"
+                )
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
     except SqueezeNetError:
         raise
     except FileNotFoundError:
         raise SqueezeNetError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise SqueezeNetError(f"{path}: is a directory, not an image") from None
-    except Exception as e:  # Pillow raises many types for damaged files
+    except Exception as e:  # damaged files, DecompressionBombError (and its warning as an error)
         raise SqueezeNetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
