@@ -1,12 +1,14 @@
 """Load test of ``squeezenet serve`` on loopback: requests/s and latency, batched vs batch 1.
 
-Starts one server per ``--max-batch`` value (each a ``squeezenet serve`` process on
+Starts one server per ``--max-batch`` value (each a ``python -m squeezenet serve`` process on
 127.0.0.1), then for each number of concurrent clients runs a lean asyncio HTTP/1.1 load
 generator (one keep-alive connection per client) against each server in turn, so the modes
 are measured side by side under the same machine load. Every run is bounded by ``--seconds``
-and ``--max-requests`` and stops by itself.
+(one value, or one per client level) and ``--max-requests`` and stops by itself; SIGTERM (e.g.
+from ``timeout``) stops the servers too.
 
     .venv/bin/python benchmarks/bench_serve.py [--weights W] [--clients 1,8,64] [--seconds 30]
+    python3 benchmarks/bench_serve.py --backend cuda --clients 1,8,64 --seconds 5,5,30
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +39,7 @@ def server(weights: str, max_batch: int, max_wait_ms: float, backend: str, threa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [
-        str(Path(sys.executable).with_name("squeezenet")), "serve", "--weights", weights,
+        sys.executable, "-m", "squeezenet", "serve", "--weights", weights,
         "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
         "--backend", backend, "--timeout", "60", "--log-level", "warning",
         *(["--threads", str(threads)] if threads else []),
@@ -141,7 +144,11 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 
 def network_ms_per_image(args: argparse.Namespace, batches: list[int]) -> dict[int, float]:
-    """The network alone through the same backend: median ms per image at each batch size."""
+    """The network alone through the same backend: median ms per image at each batch size.
+
+    With ``cuda`` each call ends with the logits copied back to the CPU, so it times the GPU's
+    work (and the copies) to the end.
+    """
     import torch
 
     import squeezenet
@@ -165,6 +172,16 @@ def network_ms_per_image(args: argparse.Namespace, batches: list[int]) -> dict[i
     return result
 
 
+def device(backend: str) -> str:
+    """The machine the network runs on, in words."""
+    cpu = f"{os.cpu_count()} CPU cores"
+    if backend != "cuda":
+        return cpu
+    import torch
+
+    return f"{torch.cuda.get_device_name()} and {cpu}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -176,13 +193,20 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, help="the servers' --threads")
-    parser.add_argument("--seconds", type=float, default=30.0, help="per run, at most")
+    parser.add_argument(
+        "--seconds", default="30", help="per run, at most: one value or one per --clients level"
+    )
     parser.add_argument("--max-requests", type=int, default=20_000, help="per run, at most")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # servers stop too
     image = Path(args.image).read_bytes()
     clients = [int(c) for c in args.clients.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    seconds = [float(s) for s in args.seconds.split(",")]
+    seconds = seconds * len(clients) if len(seconds) == 1 else seconds
+    if len(seconds) != len(clients):
+        parser.error("--seconds takes one value or one per --clients level")
+    print(f"device: {device(args.backend)}; load average before: {os.getloadavg()[0]:.2f}")
     print(
         f"{Path(args.weights).name}, {Path(args.image).name} ({len(image):,} B), backend "
         f"{args.backend}, threads {args.threads or 'default'}, max-wait {args.max_wait_ms:g} ms"
@@ -199,10 +223,10 @@ def main() -> None:
             )
             for b in batches
         }
-        for n in clients:
+        for n, duration in zip(clients, seconds, strict=True):
             for b in batches:
                 results[n, b] = asyncio.run(
-                    load(*servers[b], image, n, args.seconds, args.max_requests)
+                    load(*servers[b], image, n, duration, args.max_requests)
                 )
                 r = results[n, b]
                 print(f"  clients {n:3d}  max-batch {b:3d}: {r['rps']:7.1f} req/s, CPU ms/req: "
