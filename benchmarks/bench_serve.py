@@ -34,7 +34,7 @@ SHARED = Path(os.environ.get("SQUEEZENET_SHARED", Path(__file__).resolve().paren
 
 @contextmanager
 def server(weights: str, max_batch: int, max_wait_ms: float, backend: str, threads: int | None):
-    """A ``squeezenet serve`` process on a free loopback port; yields its base URL."""
+    """A ``squeezenet serve`` process starting on a free loopback port; yields (URL, process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -45,21 +45,23 @@ def server(weights: str, max_batch: int, max_wait_ms: float, backend: str, threa
         *(["--threads", str(threads)] if threads else []),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {' '.join(command)}")
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url, process.pid
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
         process.wait(30)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start: {' '.join(process.args)}")
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -217,20 +219,23 @@ def main() -> None:
     )
     results: dict[tuple[int, int], dict] = {}
     with ExitStack() as stack:
-        servers = {
+        servers = {  # all start at once
             b: stack.enter_context(
                 server(args.weights, b, args.max_wait_ms, args.backend, args.threads)
             )
             for b in batches
         }
+        for url, process in servers.values():
+            wait_until_up(url, process)
         for n, duration in zip(clients, seconds, strict=True):
             for b in batches:
-                results[n, b] = asyncio.run(
-                    load(*servers[b], image, n, duration, args.max_requests)
-                )
-                r = results[n, b]
-                print(f"  clients {n:3d}  max-batch {b:3d}: {r['rps']:7.1f} req/s, CPU ms/req: "
-                      f"server {r['cpu_ms']:.1f}, client {r['client_cpu_ms']:.1f}")  # fmt: skip
+                url, process = servers[b]
+                r = asyncio.run(load(url, process.pid, image, n, duration, args.max_requests))
+                results[n, b] = r
+                print(f"  clients {n:3d}  max-batch {b:3d}: {r['rps']:7.1f} req/s, "
+                      f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, failed {r['failed']}, "
+                      f"mean batch {r['mean_batch']:.1f}, CPU ms/req: server {r['cpu_ms']:.1f}, "
+                      f"client {r['client_cpu_ms']:.1f}")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     print("| clients | max-batch | requests | failed | req/s | p50 ms | p99 ms | mean batch "
           "| server CPU ms/req |")  # fmt: skip
