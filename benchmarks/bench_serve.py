@@ -53,6 +53,7 @@ def server(weights: str, max_batch: int, max_wait_ms: float, backend: str, threa
 
 
 def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Return once the server answers /healthz; exit if it dies or takes over ``seconds``."""
     deadline = time.monotonic() + seconds
     while True:
         if process.poll() is not None or time.monotonic() > deadline:
