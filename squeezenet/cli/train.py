@@ -16,6 +16,10 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="passes over train/ (default 30)")
     p.add_argument("--batch-size", type=int, help="global batch per optimizer step (default 512)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.04 x batch / 512)")
+    p.add_argument("--momentum", type=float, help="default 0.9")
+    p.add_argument("--weight-decay", type=float, help="default 2e-4")
+    p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.03)")
+    p.add_argument("--min-scale", type=float, help="random-resized-crop min area (default 0.08)")
     p.add_argument("--image-size", type=int, help="training crop side (default: the arch's)")
     p.add_argument("--seed", type=int, help="seed of weights init, data order, augmentation")
     p.add_argument("--micro-batch", type=int, help="images per forward (default 64 CPU, 256 GPU)")
@@ -42,10 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train the classifier only")  # fmt: skip
     p.add_argument("--reset-head", action="store_true", default=None,
                    help="new classifier even for classes the weights know")  # fmt: skip
-    p.add_argument("--momentum", type=float, help="default 0.9")
-    p.add_argument("--weight-decay", type=float, help="default 2e-4")
-    p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.03)")
-    p.add_argument("--min-scale", type=float, help="random-resized-crop min area (default 0.08)")
     p.add_argument("--save-every", type=int, help="also save the state every N steps")
     p.add_argument("--resume", action="store_true", help="continue the run saved in RUN_DIR")
     add_recipe_args(p)
