@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..compress.container import FLOAT_DTYPES, MAX_GAP_BITS
-from ..compress.pipeline import Options, compress
+from ..compress.pipeline import METHODS, Options, compress
 from ..compress.report import layer_table, plot, summary_table, to_json
 from ..errors import SqueezeNetError
 from .common import parse_int_list
@@ -34,6 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="auto: keep the zeros of a pruned model, else 'released'; keep; "
         "released (Song Han's per-layer densities); a density for every layer; or "
         "PATTERN=DENSITY,... over layer roles, e.g. '*.expand3x3=0.4,conv10=0.3'",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=defaults.method,
+        help="obs: prune and share each layer against its real inputs (needs --data); "
+        "magnitude: Han et al.'s magnitude pruning and k-means (auto: obs with --data)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=defaults.calibration,
+        metavar="N",
+        help="images whose layer inputs obs uses (default 256)",
     )
     p.add_argument(
         "--data",
@@ -97,10 +111,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> None:
-    if args.images < 1 or args.batch_size < 1 or args.prune_steps < 1:
-        raise SqueezeNetError("--images, --batch-size and --prune-steps must be at least 1")
+    if min(args.images, args.batch_size, args.prune_steps, args.calibration) < 1:
+        raise SqueezeNetError(
+            "--images, --batch-size, --prune-steps and --calibration must be at least 1"
+        )
     options = Options(
-        bits=tuple(args.bits), sparsity=args.sparsity, data=args.data, eval_data=args.eval,
+        bits=tuple(args.bits), sparsity=args.sparsity, method=args.method,
+        calibration=args.calibration, data=args.data, eval_data=args.eval,
         teacher=args.teacher, images=args.images, prune_steps=args.prune_steps,
         prune_epochs=args.prune_epochs, prune_lr=args.prune_lr, epochs=args.epochs, lr=args.lr,
         temperature=args.temperature, label_weight=args.label_weight,

@@ -1,8 +1,15 @@
 """Deep Compression end to end: prune, quantize, fine-tune by distillation, Huffman-code.
 
-``compress`` prunes once (iteratively, fine-tuning between steps; skipped when the profile
-keeps the model's own zeros), then for each bit width quantizes a copy, fine-tunes its
-centroids, writes a ``.sqz`` file and evaluates the file itself as decoded by ``load_model``.
+Two ways to prune and share weights (``method``):
+
+* ``obs`` (the default when there are images): for each bit width, every layer in turn is
+  pruned and weight-shared against its real inputs, the error pushed onto the weights not yet
+  fixed (``reconstruct``: SparseGPT / GPTQ style, about a minute on a CPU).
+* ``magnitude`` (Han et al.): prune once by magnitude (iteratively, fine-tuning between steps;
+  skipped when the profile keeps the model's own zeros), then k-means per layer.
+
+Either way the centroids are then fine-tuned by distillation, a ``.sqz`` file is written, and
+the file itself, as decoded by ``load_model``, is evaluated.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +31,9 @@ from . import container
 from .distill import Cache, cache_images, distill
 from .kmeans import codebooks, quantize
 from .prune import bake, density, layer_roles, prune, resolve_profile, schedule
+from .reconstruct import reconstruct
+
+METHODS = ("auto", "obs", "magnitude")
 
 
 @dataclass
@@ -32,6 +42,8 @@ class Options:
 
     bits: tuple[int, ...] = (6,)
     sparsity: str = "auto"
+    method: str = "auto"  # obs when there are images (data), else magnitude
+    calibration: int = 256  # images whose layer inputs obs reconstructs
     data: Path | None = None  # images to fine-tune on; None: no fine-tuning
     eval_data: Path | None = None  # labelled folder for top-1/top-5 before and after
     teacher: str | None = None  # distillation teacher; default: the weights themselves
@@ -122,9 +134,16 @@ def prune_model(model: nn.Module, densities: dict, cache: Cache | None, options:
     bake(model)
 
 
-def quantize_model(model: nn.Module, bits: int, cache: Cache | None, options: Options) -> dict:
-    """Share weights at ``bits``, fine-tune the centroids; returns the codebooks."""
-    quantize(model, bits)
+def quantize_model(
+    model: nn.Module, bits: int, cache: Cache | None, options: Options, densities: dict
+) -> dict:
+    """Share weights at ``bits`` (obs: pruning to ``densities`` too), fine-tune the centroids;
+    returns the codebooks."""
+    if options.method == "obs":
+        images = cache.images[: options.calibration]
+        reconstruct(model, images, densities, bits, progress=options.progress)
+    else:
+        quantize(model, bits)
     if cache is not None:
         distill(
             model, cache, epochs=options.epochs, lr=options.lr,
@@ -150,6 +169,12 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
     if teacher.weights_info.num_classes != student.weights_info.num_classes:
         raise SqueezeNetError(f"{options.teacher}: the teacher's classes differ from {weights}'s")
     densities = resolve_profile(options.sparsity, student)
+    if options.method not in METHODS:
+        raise SqueezeNetError(f"unknown method {options.method!r}; choose from {METHODS}")
+    if options.method == "auto":
+        options = replace(options, method="obs" if options.data else "magnitude")
+    if options.method == "obs" and options.data is None:
+        raise SqueezeNetError("--method obs needs images (--data) to see each layer's inputs")
     float32_size = 4 * sum(v.numel() for v in student.state_dict().values())
     report = Report(str(weights), float32_size, densities)
     if options.eval_data is not None:
@@ -166,12 +191,14 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
     if options.resume and checkpoint.exists():
         _log(options, f"resuming from the pruned model {checkpoint}")
         student = _load(checkpoint, options)
-    elif any(d < density(roles[r].weight) - 1e-3 for r, d in densities.items()):
+    elif options.method == "magnitude" and any(
+        d < density(roles[r].weight) - 1e-3 for r, d in densities.items()
+    ):
         prune_model(student, densities, cache, options)
         save_model(student, checkpoint)
     for bits, path in zip(options.bits, output_paths(output, options.bits), strict=True):
         model = copy.deepcopy(student)
-        books = quantize_model(model, bits, cache, options)
+        books = quantize_model(model, bits, cache, options, densities)
         state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         records = container.write(
             path, state, _meta(student, options, bits), books,
