@@ -4,12 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import shared_path
 
 import squeezenet
 from squeezenet.cli import main
 from squeezenet.compress import prune
 from squeezenet.compress.pipeline import Options, compress
+from squeezenet.data.transforms import load_image
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def test_cli_prunes_quantizes_fine_tunes_and_reports(small_val, tmp_path, capsys
         "compress", "--weights", str(weights), "--bits", "6,3", "--data", str(data),
         "--sparsity", "*.expand3x3=0.4,conv10=0.3", "--eval", str(small_val), "-o", str(out),
         "--images", "16", "--prune-steps", "2", "--prune-epochs", "1", "--epochs", "1", "--json",
+        "--method", "magnitude",
     ]  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
@@ -81,7 +84,38 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     base = ["compress", "--weights", str(weights), "-o", str(tmp_path / "x.sqz")]
     assert main([*base, "--sparsity", "most"]) == 2
     assert "--sparsity 'most'" in capsys.readouterr().err
+    assert main([*base, "--method", "obs"]) == 2
+    assert "--method obs needs images (--data)" in capsys.readouterr().err
     assert main([*base, "--bits", "9"]) == 2
     assert "bits must be between 1 and 8" in capsys.readouterr().err
     assert main(["compress", "--weights", str(weights), "-o", "/no/such/dir/x.sqz"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_obs_stays_closer_to_the_original_than_magnitude(tmp_path):
+    """Same profile and bits, no fine-tuning: obs's file gives logits nearer the original's."""
+    weights = shared_path("weights/ncnn/squeezenet_v1.1.ncnn.param")
+    data = shared_path("data/imagenette/train")
+    original = squeezenet.load_model(weights)
+    x = torch.stack([original.weights_info.preprocess(load_image(f)) for f in _photos()])
+    with torch.no_grad():
+        reference = original(x)
+    errors = {}
+    for method in ("obs", "magnitude"):
+        out = tmp_path / f"{method}.sqz"
+        options = Options(
+            bits=(4,), sparsity="*.expand3x3=0.5,conv10=0.4", method=method, data=data,
+            images=16, calibration=16, prune_steps=1, prune_epochs=0, epochs=0, progress=False,
+        )  # fmt: skip
+        compress(weights, out, options)
+        model = squeezenet.load_model(out)
+        densities = prune.resolve_profile("keep", model)
+        assert densities["conv10"] == pytest.approx(0.4, abs=2e-3), method
+        assert densities["fire9.expand3x3"] == pytest.approx(0.5, abs=2e-3), method
+        with torch.no_grad():
+            errors[method] = (model(x) - reference).square().mean().item()
+    assert errors["obs"] < 0.7 * errors["magnitude"], errors
+
+
+def _photos() -> list:
+    return sorted(shared_path("data/photos").glob("*.jpg"))

@@ -58,6 +58,8 @@ def test_layers_own_zeros_stay_zero_and_codes_index_the_centroids():
 
 
 def _copy(layer: nn.Conv2d) -> nn.Conv2d:
-    copy = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding)
+    copy = nn.Conv2d(
+        layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding
+    )
     copy.load_state_dict(layer.state_dict())
     return copy
