@@ -5,6 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
+from conftest import shared_path
 from PIL import Image
 
 from squeezenet.data.transforms import PRESETS, center_crop, load_image, resize
@@ -32,6 +34,32 @@ def test_torchvision_preset_short_side_then_crop_224():
     assert x.shape == (3, 224, 224)
     expected = (np.array([1.0, 0.0, 128 / 255]) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(x[:, 5, 5].numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["caffe", "torchvision"])
+def test_pixels_then_normalize_is_the_float_formula_bit_for_bit(preset):
+    """The uint8 half per image and the float half per batch give exactly the old per-image
+    formula (what every accuracy in the project was measured with)."""
+    p = PRESETS[preset]
+    photos = [
+        load_image(shared_path(f"data/photos/{n}"), p.resize) for n in ("cat.jpg", "chelsea.png")
+    ]
+
+    def formula(image: Image.Image) -> torch.Tensor:
+        array = np.asarray(center_crop(resize(image, p.resize, square=p.square_resize), p.crop))
+        array = array.astype(np.float32) * p.scale
+        array = array[:, :, ::-1] if p.bgr else array
+        array = (array - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+    pixels = [p.pixels(image) for image in photos]
+    assert all(x.dtype == torch.uint8 and x.shape == (p.crop, p.crop, 3) for x in pixels)
+    batch = p.normalize(torch.stack(pixels))
+    assert batch.dtype == torch.float32 and batch.is_contiguous()
+    expected = [formula(image) for image in photos]
+    assert not torch.equal(expected[0], expected[1])
+    for i, image in enumerate(photos):
+        assert torch.equal(p(image), expected[i]) and torch.equal(batch[i], expected[i])
 
 
 def test_resize_and_crop_geometry():

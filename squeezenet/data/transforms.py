@@ -24,7 +24,10 @@ MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a network wants its input; callable on a PIL image, returns a CHW float32 tensor."""
+    """How a network wants its input; callable on a PIL image, returns a CHW float32 tensor.
+
+    ``pixels`` and ``normalize`` are its two halves: per image (uint8) and per batch (float).
+    """
 
     name: str
     resize: int  # target of the resize step (square side or short side)
@@ -36,13 +39,24 @@ class Preprocess:
     std: tuple[float, float, float]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = resize(image, self.resize, square=self.square_resize)
-        image = center_crop(image, self.crop)
-        array = np.asarray(image, dtype=np.float32) * self.scale
-        if self.bgr:
-            array = array[:, :, ::-1]
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return self.normalize(self.pixels(image)[None])[0]
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The resized, center-cropped RGB pixels as they are: a uint8 (crop, crop, 3) tensor."""
+        image = center_crop(resize(image, self.resize, square=self.square_resize), self.crop)
+        return torch.from_numpy(np.array(image))  # one copy: Pillow's buffer is read-only
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) pixels -> the network's contiguous float32 (N, 3, H, W) input.
+
+        Channel order, scale, mean and std as the preset says; one pass over a whole batch.
+        """
+        array = batch.numpy().transpose(0, 3, 1, 2)  # a view; the copy below makes it NCHW
+        array = (array[:, ::-1] if self.bgr else array).astype(np.float32, order="C")
+        array *= self.scale
+        array -= np.asarray(self.mean, np.float32)[:, None, None]
+        array /= np.asarray(self.std, np.float32)[:, None, None]
+        return torch.from_numpy(array)
 
     def with_size(self, crop: int) -> Preprocess:
         """The same preset at another input size (resize scaled by the same 256/224 ratio)."""
