@@ -19,7 +19,7 @@ from squeezenet.cli import main
 from squeezenet.engine.evaluate import predict
 from squeezenet.inference.backends import OnnxModel
 from squeezenet.inference.quantize import quantize
-from squeezenet.serve.app import Limits, create_app
+from squeezenet.serve.app import Classification, Limits, create_app
 from squeezenet.serve.batcher import BatchResult, MicroBatcher
 
 
@@ -57,6 +57,7 @@ def test_classify_answers_as_predict_json(client, model, photo):
             [t["prob"] for t in answer["top"]], [t["prob"] for t in expected[:k]], rtol=1e-4
         )
         assert set(answer["timing"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+        Classification.model_validate(answer, strict=True)  # the schema OpenAPI documents
 
 
 def test_batcher_waits_for_requests_on_their_way_only():
@@ -152,8 +153,15 @@ def test_models_health_metrics_openapi_page(client):
     assert 'squeezenet_requests_total{route="/v1/models",status="200"} 1' in metrics.text
     assert 'squeezenet_errors_total{route="other",status="404"} 1' in metrics.text
     schema = client.get("/openapi.json").json()
-    body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
-    assert {"multipart/form-data", "image/*"} <= set(body)
+    classify = schema["paths"]["/v1/classify"]["post"]
+    assert {"multipart/form-data", "image/*"} <= set(classify["requestBody"]["content"])
+    answer = classify["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/Classification"}
+    assert set(schema["components"]["schemas"]["Classification"]["properties"]) == {
+        "file", "top", "batch_size", "timing"
+    }  # fmt: skip
+    [topk] = classify["parameters"]
+    assert topk["name"] == "topk" and topk["schema"]["maximum"] == 1000
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text
     assert 'fetch("/v1/classify' in client.get("/static/app.js").text

@@ -33,7 +33,10 @@ class BatchResult:
 
 
 class MicroBatcher:
-    """``await batcher(chw_tensor)`` returns that image's logits, computed in a shared batch."""
+    """``await batcher(x)`` returns the logits row of one input, computed in a shared batch.
+
+    ``forward`` takes the inputs stacked (the server's: uint8 HWC pixels, normalised there).
+    """
 
     def __init__(
         self,
@@ -76,7 +79,7 @@ class MicroBatcher:
 
     async def __call__(self, x: torch.Tensor) -> BatchResult:
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((x, future, time.perf_counter()))
+        self._queue.put_nowait((x, future, time.perf_counter()))  # unbounded: never waits
         return await future
 
     async def _collect(self) -> list[tuple[torch.Tensor, asyncio.Future, float]]:
