@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 import squeezenet
 from squeezenet.cli import main
 from squeezenet.engine.evaluate import predict
+from squeezenet.errors import SqueezeNetError
 from squeezenet.inference.backends import OnnxModel
 from squeezenet.inference.quantize import quantize
 from squeezenet.serve.app import Classification, Limits, create_app
@@ -86,6 +88,32 @@ def test_batcher_waits_for_requests_on_their_way_only():
     assert sizes == [4, 1]
     assert [r.batch_size for r in results] == [4, 4, 4, 4, 1]
     assert [r.logits.tolist() for r in results] == [[2 * i] * 3 for i in (0, 1, 2, 3, 0)]
+
+
+def test_batcher_submit_queues_from_the_thread_and_passes_errors_on():
+    """Inputs prepared in a pool join one batch; a failed one raises its error to its caller
+    and stops counting as on its way (the next lone request does not wait 60 s)."""
+
+    def prepare(i: int) -> torch.Tensor:
+        if i < 0:
+            raise SqueezeNetError("bad image")
+        return torch.full((3,), float(i))
+
+    async def scenario() -> tuple[list[BatchResult], BatchResult]:
+        batcher = MicroBatcher(lambda x: x * 2, max_batch=8, max_wait_ms=60_000)
+        batcher.start()
+        with ThreadPoolExecutor(2) as pool:
+            together = await asyncio.gather(*[batcher.submit(pool, prepare, i) for i in range(3)])
+            with pytest.raises(SqueezeNetError, match="bad image"):
+                await batcher.submit(pool, prepare, -1)
+            alone = await asyncio.wait_for(batcher.submit(pool, prepare, 5), 30)
+        await batcher.stop()
+        return together, alone
+
+    together, alone = asyncio.run(scenario())
+    assert [r.batch_size for r in together] == [3, 3, 3]
+    assert [r.logits.tolist() for r in together] == [[2.0 * i] * 3 for i in range(3)]
+    assert alone.batch_size == 1 and alone.logits.tolist() == [10.0] * 3
 
 
 def test_concurrent_requests_answers_and_metrics_agree(model):

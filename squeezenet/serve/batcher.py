@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import Future
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ class BatchResult:
     batch_size: int
     queue_ms: float  # from submission to the start of its batch's forward pass
     inference_ms: float  # the batch's forward pass
+    queued: float  # time.perf_counter() when it joined the queue
 
 
 class MicroBatcher:
@@ -82,6 +84,36 @@ class MicroBatcher:
         self._queue.put_nowait((x, future, time.perf_counter()))  # unbounded: never waits
         return await future
 
+    def submit(self, executor: Executor, prepare: Callable[..., torch.Tensor], *args) -> Future:
+        """Run ``prepare(*args)`` in ``executor`` and queue its result straight from there.
+
+        The returned future gets the ``BatchResult`` (or ``prepare``'s exception); the request
+        counts as on its way meanwhile. One future and one wake-up of the event loop per request,
+        where ``await batcher(await loop.run_in_executor(...))`` takes two of each.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._expected += 1
+
+        def arrive(x: torch.Tensor | None, error: Exception | None) -> None:  # in the loop
+            self._expected -= 1
+            if future.done():  # cancelled meanwhile (timeout)
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                self._queue.put_nowait((x, future, time.perf_counter()))
+
+        def work() -> None:  # in the executor
+            try:
+                x, error = prepare(*args), None
+            except Exception as e:
+                x, error = None, e
+            loop.call_soon_threadsafe(arrive, x, error)
+
+        executor.submit(work)
+        return future
+
     async def _collect(self) -> list[tuple[torch.Tensor, asyncio.Future, float]]:
         """The first waiting request, plus those that arrive before the batch is full or due."""
         items = [await self._queue.get()]
@@ -126,5 +158,7 @@ class MicroBatcher:
             for row, (_, future, submitted) in zip(logits, items, strict=True):
                 if not future.done():
                     future.set_result(
-                        BatchResult(row, len(items), (start - submitted) * 1e3, seconds * 1e3)
+                        BatchResult(
+                            row, len(items), (start - submitted) * 1e3, seconds * 1e3, submitted
+                        )
                     )
