@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--epochs",
         type=float,
         default=defaults.epochs,
-        help="passes over the images to fine-tune the centroids",
+        help="passes over the images to fine-tune the centroids (default: 0 after obs, 2 after "
+        "magnitude)",
     )
     p.add_argument("--lr", type=float, default=defaults.lr, help="centroid learning rate")
     p.add_argument("--temperature", type=float, default=defaults.temperature)

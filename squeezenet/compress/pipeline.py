@@ -51,7 +51,7 @@ class Options:
     prune_steps: int = 3
     prune_epochs: float = 1.0  # passes over the images after each pruning step
     prune_lr: float = 1e-4
-    epochs: float = 2.0  # passes over the images to fine-tune the centroids
+    epochs: float | None = None  # passes to fine-tune the centroids (None: 0 for obs, 2 else)
     lr: float = 5e-4
     temperature: float = 1.0
     label_weight: float = 0.5
@@ -156,34 +156,46 @@ def quantize_model(
     return books
 
 
-def compress(weights: str | Path, output: str | Path, options: Options) -> Report:
-    """Compress ``weights`` into ``output`` (one file per bit width); see the module doc."""
-    start = time.time()
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise SqueezeNetError(f"{output.parent}: no such folder for the output")
+def _settle(options: Options) -> Options:
+    """``options`` with the method and epochs chosen; a SqueezeNetError for impossible ones."""
     if not all(1 <= b <= 8 for b in options.bits):
         raise SqueezeNetError(f"bits must be between 1 and 8, got {list(options.bits)}")
-    student = _load(weights, options)
-    teacher = _load(options.teacher, options) if options.teacher else copy.deepcopy(student)
-    if teacher.weights_info.num_classes != student.weights_info.num_classes:
-        raise SqueezeNetError(f"{options.teacher}: the teacher's classes differ from {weights}'s")
-    densities = resolve_profile(options.sparsity, student)
     if options.method not in METHODS:
         raise SqueezeNetError(f"unknown method {options.method!r}; choose from {METHODS}")
     if options.method == "auto":
         options = replace(options, method="obs" if options.data else "magnitude")
     if options.method == "obs" and options.data is None:
         raise SqueezeNetError("--method obs needs images (--data) to see each layer's inputs")
+    if options.epochs is None:  # after obs, distilling on a few classes cost accuracy
+        options = replace(options, epochs=0.0 if options.method == "obs" else 2.0)
+    return options
+
+
+def compress(weights: str | Path, output: str | Path, options: Options) -> Report:
+    """Compress ``weights`` into ``output`` (one file per bit width); see the module doc."""
+    start = time.time()
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise SqueezeNetError(f"{output.parent}: no such folder for the output")
+    options = _settle(options)
+    student = _load(weights, options)
+    teacher = _load(options.teacher, options) if options.teacher else copy.deepcopy(student)
+    if teacher.weights_info.num_classes != student.weights_info.num_classes:
+        raise SqueezeNetError(f"{options.teacher}: the teacher's classes differ from {weights}'s")
+    densities = resolve_profile(options.sparsity, student)
     float32_size = 4 * sum(v.numel() for v in student.state_dict().values())
     report = Report(str(weights), float32_size, densities)
     if options.eval_data is not None:
         _log(options, f"evaluating the original on {options.eval_data}")
         report.before = _evaluate(teacher, options)
+    fine_tuning = options.epochs or (options.method == "magnitude" and options.prune_epochs)
+    count = options.images if fine_tuning else 0
+    if options.method == "obs":
+        count = max(count, options.calibration)
     cache = None
-    if options.data is not None:
+    if options.data is not None and count:
         cache = cache_images(
-            options.data, teacher, options.images, seed=options.seed,
+            options.data, teacher, count, seed=options.seed,
             batch_size=options.batch_size, progress=options.progress,
         )  # fmt: skip
     checkpoint = output.with_suffix(".pruned.safetensors")
