@@ -1,5 +1,7 @@
 """Data-aware pruning and weight sharing (``compress.reconstruct``) against the plain way."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ def test_obs_beats_magnitude_and_kmeans_on_the_layers_output(kernel):
     x = correlated_inputs(64, 24)
     with torch.no_grad():
         reference = layer(x)
-    plain, obs = nn.Sequential(_copy(layer)), nn.Sequential(_copy(layer))
+    plain, obs = nn.Sequential(copy.deepcopy(layer)), nn.Sequential(copy.deepcopy(layer))
     prune(plain, {"0": 0.4})  # role names of a bare Sequential are its module names
     quantize(plain, 4)
     hessian = input_hessian(obs, obs[0], x)
@@ -55,11 +57,3 @@ def test_layers_own_zeros_stay_zero_and_codes_index_the_centroids():
     assert torch.equal(layer.weight, shared.codebook()[shared.codes])
     assert len(shared.centroids) == 7
     assert parametrize.is_parametrized(layer, "weight")
-
-
-def _copy(layer: nn.Conv2d) -> nn.Conv2d:
-    copy = nn.Conv2d(
-        layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding
-    )
-    copy.load_state_dict(layer.state_dict())
-    return copy
