@@ -8,6 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+
+import squeezenet
 
 NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
 
@@ -83,3 +86,14 @@ def test_demo_without_shared_explains_where_weights_come_from(tmp_path):
 def test_info_prints_params_size_and_macs():
     out = cli("info", "squeezenet1_0", "--image-size", "224")
     assert "1,248,424" in out.stdout and "4.99 MB" in out.stdout and "0.819 G" in out.stdout
+
+
+def test_weights_giving_nan_are_a_one_line_error_in_predict(shared, tmp_path):
+    model = squeezenet.load_model(shared(NCNN))
+    with torch.no_grad():
+        model.classifier[1].bias[7] = float("nan")
+    squeezenet.save_model(model, tmp_path / "nan.safetensors")
+    out = cli("predict", shared("data/photos/cat.jpg"), "--weights", tmp_path / "nan.safetensors",
+              "--workers", "0")  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "nan.safetensors: the model's output is not finite" in out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,6 +144,17 @@ def test_request_over_the_timeout_is_a_408_and_the_server_goes_on(model):
     with TestClient(app) as c:
         late = c.post("/v1/classify", content=data)  # decoding alone takes longer than 1 ms
         assert late.status_code == 408 and "0.001 s limit" in late.json()["detail"]
+        assert c.get("/healthz").json() == {"status": "ok"}
+
+
+def test_weights_giving_nan_answer_a_json_500_saying_so(model):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.classifier[1].bias[3] = float("nan")
+    with TestClient(create_app(broken, backend="eager")) as c:
+        answer = c.post("/v1/classify", content=png_bytes((64, 64)))
+        assert answer.status_code == 500
+        assert "output is not finite (NaN or inf)" in answer.json()["detail"]
         assert c.get("/healthz").json() == {"status": "ok"}
 
 

@@ -136,6 +136,10 @@ def predict(
 
 def top_classes(logits: np.ndarray, info, topk: int) -> list[dict]:
     """Softmax probabilities of the ``topk`` best classes of one logits row."""
+    if not np.isfinite(logits).all():
+        raise SqueezeNetError(
+            f"{info.source}: the model's output is not finite (NaN or inf); damaged weights?"
+        )
     z = logits.astype(np.float64) - logits.max()
     probs = np.exp(z) / np.exp(z).sum()
     best = np.argsort(-probs)[:topk]

@@ -280,7 +280,10 @@ def create_app(
             "inference_ms": result.inference_ms,
             "total_ms": (time.perf_counter() - start) * 1e3,
         }
-        top = top_classes(result.logits, info, topk)
+        try:
+            top = top_classes(result.logits, info, topk)
+        except SqueezeNetError as e:  # the model's fault, not the request's
+            raise HTTPException(500, str(e)) from None
         # A plain dict as a Response: FastAPI skips validating it against the response model,
         # which documents the answer in the OpenAPI schema only.
         return JSONResponse(
