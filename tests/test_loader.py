@@ -10,7 +10,7 @@ import squeezenet
 from squeezenet.errors import FormatError, SqueezeNetError
 from squeezenet.models import build_model
 from squeezenet.weights.entries import ENTRIES
-from squeezenet.weights.load import model_layers
+from squeezenet.weights.layers import assign_layers, model_layers
 
 DC = "weights/deep-compression/compressed_SqueezeNet.net"
 
@@ -168,8 +168,6 @@ def test_unknown_format(tmp_path):
 
 
 def test_layers_of_the_wrong_count(tmp_path):
-    from squeezenet.weights.load import assign_layers
-
     layers = model_layers(random_model("squeezenet1_1"))
     with pytest.raises(FormatError, match="holds 25 layers but SqueezeNet has 26"):
         assign_layers(build_model("squeezenet1_1"), layers[:-1], "x")

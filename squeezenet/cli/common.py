@@ -6,7 +6,8 @@ import argparse
 
 import torch
 
-from ..weights.load import FORMATS, load_model
+from ..weights.detect import FORMATS
+from ..weights.load import load_model
 
 
 def add_weights_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -8,8 +8,9 @@ import urllib.request
 from ..data.datasets import squeezenet_home
 from ..errors import SqueezeNetError
 from ..io import atomic_output
+from ..weights.detect import sha256_file
 from ..weights.entries import ENTRIES, list_weights
-from ..weights.load import save_model, sha256_file
+from ..weights.load import save_model
 from .common import add_weights_args, model_from_args
 
 

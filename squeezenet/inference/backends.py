@@ -29,8 +29,9 @@ from torch import nn
 from ..data.datasets import imagenet_classes
 from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
+from ..weights.detect import sha256_file
 from ..weights.formats.onnx import metadata
-from ..weights.load import WeightsInfo, sha256_file
+from ..weights.load import WeightsInfo
 from .export import input_shape, onnx_model, read_onnx
 
 Forward = Callable[[torch.Tensor], torch.Tensor]

@@ -1,38 +1,26 @@
 """Path or name -> format -> arrays -> model, with the metadata that makes predictions right.
 
-Formats are detected by SHA-256 first (known files), then by magic bytes and extension. Foreign
-formats give layers in data-flow order that are assigned to the model's parameters by position,
-with every shape checked; a state dict (torchvision, safetensors) is loaded strictly by key.
+Known files are recognised by SHA-256 (``entries``), others by ``detect``. Foreign formats give
+layers in data-flow order that ``layers`` assigns to the model's parameters by position, with
+every shape checked; a state dict (torchvision, safetensors) is loaded strictly by key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..data.datasets import imagenet_classes, squeezenet_home
+from ..data.datasets import imagenet_classes
 from ..data.transforms import Preprocess, get_preset
 from ..errors import FormatError, SqueezeNetError
 from ..models.registry import build_model
-from .entries import ENTRIES, WeightsEntry, entry_for_sha256
+from .detect import FORMATS, detect_format, resolve, sha256_file
+from .entries import WeightsEntry, entry_for_sha256
 from .formats import Layers
-
-FORMATS = (
-    "safetensors",
-    "torchvision",
-    "deep_compression",
-    "ncnn",
-    "caffe",
-    "chainer",
-    "onnx",
-    "sqz",
-)
+from .layers import arch_of_layers, arch_of_state, assign_layers, model_layers
 
 
 @dataclass
@@ -69,134 +57,6 @@ class WeightsInfo:
         }
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve(spec: str | Path) -> tuple[Path, WeightsEntry | None]:
-    """A path, or a registered name looked up in the cache ($SQUEEZENET_HOME)."""
-    path = Path(spec)
-    if path.exists():
-        if path.is_dir():
-            raise SqueezeNetError(f"{path}: is a folder; pass a weights file")
-        return path, None
-    if str(spec) in ENTRIES:
-        entry = ENTRIES[str(spec)]
-        cached = squeezenet_home() / entry.filename
-        if not cached.exists():
-            raise SqueezeNetError(
-                f"weights {entry.name!r} are not in the cache {cached.parent}: run "
-                f"'squeezenet download {entry.name}' (from {entry.url}) or pass --weights PATH"
-            )
-        return cached, entry
-    raise SqueezeNetError(
-        f"{spec}: no such file, and not a known weights name ({', '.join(sorted(ENTRIES))})"
-    )
-
-
-def detect_format(path: Path) -> str:
-    """Guess the format from magic bytes and the file name."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    suffix = path.suffix.lower()
-    if head[:4] == b"SQZ\x00" or suffix == ".sqz":
-        return "sqz"
-    if suffix == ".safetensors" or (len(head) > 9 and head[8:9] == b"{"):
-        return "safetensors"
-    if suffix == ".param" or head.startswith(b"7767517"):
-        return "ncnn"
-    if suffix == ".net":
-        return "deep_compression"
-    if suffix == ".caffemodel":
-        return "caffe"
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".npz":
-        return "chainer"
-    if head[:1] == b"\x80" or suffix in (".pth", ".pt"):
-        return "torchvision"
-    if head[:2] == b"PK":  # a zip: torch.save (has data.pkl) or an npz
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except zipfile.BadZipFile:
-            raise FormatError(f"{path}: damaged zip archive") from None
-        return "torchvision" if any(n.endswith("data.pkl") for n in names) else "chainer"
-    raise FormatError(
-        f"{path}: cannot tell the weights format from its name or first bytes; "
-        f"pass --format ({', '.join(FORMATS)})"
-    )
-
-
-def _arch_of_state(state: dict[str, np.ndarray]) -> tuple[str, dict, int]:
-    """Infer (arch, model kwargs, num_classes) from a torchvision-style state dict."""
-    first = state.get("features.0.weight")
-    if first is None:
-        raise FormatError("state dict has no 'features.0.weight': not a model of this package")
-    if "classifier.6.weight" in state:  # AlexNet-style fully connected head
-        arch = "zfnet" if first.shape[-1] == 7 else "alexnet"
-        return arch, {}, int(state["classifier.6.weight"].shape[0])
-    arch = "squeezenet1_0" if first.shape[-1] == 7 else "squeezenet1_1"
-    kwargs: dict = {"dense_head": "fc.weight" in state}
-    if any(k.endswith(".bn.weight") for k in state):
-        arch += "_bn"
-    if any(k.endswith(".bypass.weight") for k in state):
-        kwargs["bypass"] = "complex"  # a simple (identity) bypass leaves no trace in the keys
-    head = state["fc.weight"] if kwargs["dense_head"] else state["classifier.1.weight"]
-    return arch, kwargs, int(head.shape[0])
-
-
-def _arch_of_layers(layers: Layers) -> tuple[str, int]:
-    """Infer (arch, num_classes) from layers in data-flow order."""
-    first = layers[0][1]["weight"]
-    if first.shape[0] == 96 and first.shape[-1] == 7:
-        arch = "squeezenet1_0"
-    elif first.shape[0] == 64 and first.shape[-1] == 3:
-        arch = "squeezenet1_1"
-    else:
-        raise FormatError(f"first layer of shape {first.shape} matches no SqueezeNet version")
-    return arch, int(layers[-1][1]["weight"].shape[0])
-
-
-def assign_layers(model: nn.Module, layers: Layers, source: str) -> dict[str, torch.Tensor]:
-    """Map layers in data-flow order onto the model's parametrised modules, checking shapes."""
-    targets = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d)
-    ]
-    if len(targets) != len(layers):
-        raise FormatError(
-            f"{source}: holds {len(layers)} layers but {type(model).__name__} has {len(targets)}"
-        )
-    expected = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    for (module_name, _), (layer_name, params) in zip(targets, layers, strict=True):
-        for pname, array in params.items():
-            key = f"{module_name}.{pname}"
-            if key not in expected:
-                raise FormatError(f"{source}: layer {layer_name!r} has {pname!r}, {key} does not")
-            tensor = torch.from_numpy(np.array(array, copy=True))
-            if key.endswith("num_batches_tracked"):
-                tensor = tensor.reshape(()).to(torch.long)
-            elif tuple(tensor.shape) != tuple(expected[key].shape):
-                if tensor.numel() == expected[key].numel() and tensor.ndim != expected[key].ndim:
-                    tensor = tensor.reshape(expected[key].shape)  # e.g. Caffe's 4-d fc blobs
-                else:
-                    raise FormatError(
-                        f"{source}: layer {layer_name!r} {pname} has shape {tuple(tensor.shape)}, "
-                        f"expected {tuple(expected[key].shape)} for {key}"
-                    )
-            state[key] = tensor.to(expected[key].dtype)
-    for key, value in expected.items():  # e.g. num_batches_tracked absent from the file
-        state.setdefault(key, value)
-    return state
-
-
 def _read_foreign(
     path: Path, fmt: str, prototxt: Path | None
 ) -> tuple[Layers, str, dict, str, dict]:
@@ -217,14 +77,14 @@ def _read_foreign(
 
         layers = ncnn.read(path)
         convs = [layer for layer in ncnn.read_param(path) if layer.type == "Convolution"]
-        arch, _ = _arch_of_layers(layers)
+        arch, _ = arch_of_layers(layers)
         pad = int(convs[-1].params.get(4, 0))
         return layers, arch, {"classifier_padding": pad}, "torchvision", {}
     if fmt == "caffe":
         from .formats import caffe
 
         layers = caffe.read_caffemodel(path)
-        arch, _ = _arch_of_layers(layers)
+        arch, _ = arch_of_layers(layers)
         pad = 1 if arch == "squeezenet1_0" else 0
         if prototxt is not None:
             pad = _caffe_shapes(prototxt)[1]
@@ -237,7 +97,7 @@ def _read_foreign(
         from .formats import onnx as onnx_format
 
         layers = onnx_format.read(path)
-        arch, _ = _arch_of_layers(layers)
+        arch, _ = arch_of_layers(layers)
         pad, meta = _onnx_pad_and_metadata(path)
         # files written by `squeezenet export` record what they hold
         kwargs = meta.get("model_kwargs", {"classifier_padding": pad})
@@ -323,14 +183,14 @@ def _load_model(
                 meta["num_classes"],
             )
         else:
-            arch, kwargs, num_classes = _arch_of_state(arrays)
+            arch, kwargs, num_classes = arch_of_state(arrays)
         preset = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
     elif fmt == "torchvision":
         from .formats import torchvision
 
         arrays = torchvision.read(path)
         try:
-            arch, kwargs, num_classes = _arch_of_state(arrays)
+            arch, kwargs, num_classes = arch_of_state(arrays)
         except FormatError as e:
             raise FormatError(f"{path}: {e}") from None
         state = {k: torch.from_numpy(v) for k, v in arrays.items()}
@@ -413,17 +273,6 @@ def create_model(
         model.reset_classifier(num_classes)
         info.num_classes, info.classes, info.class_ids = num_classes, None, None
     return model.eval()
-
-
-def model_layers(model: nn.Module) -> Layers:
-    """The inverse of ``assign_layers``: the model's parametrised modules in data-flow order."""
-    layers: Layers = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
-            params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-            params.pop("num_batches_tracked", None)
-            layers.append((name, params))
-    return layers
 
 
 SAVE_FORMATS = {".safetensors": "safetensors", ".pth": "torchvision", ".pt": "torchvision",

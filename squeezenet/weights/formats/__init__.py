@@ -9,7 +9,7 @@ The common currency is a list of layers in data-flow order::
 
 Parameter names follow PyTorch (weight, bias, running_mean, running_var); layer names are the
 format's own. Nothing here imports torch modules or knows the model classes: the loader
-(``squeezenet.weights.load``) assigns layers to a model's parameters by position and shape.
+(``squeezenet.weights.layers``) assigns layers to a model's parameters by position and shape.
 Every reader raises ``squeezenet.errors.FormatError`` with a message naming the file and
 what is wrong; none returns a partial result.
 """
