@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 
 from ..data.transforms import get_preset
 from ..errors import FormatError
+from ..io import atomic_write_bytes
 from . import huffman
 
 MAGIC = b"SQZ\x00"
@@ -181,22 +180,8 @@ def pack(
 def write(path: str | Path, state, meta, codebooks=None, **options) -> list[Record]:
     """:func:`pack` into ``path`` atomically; returns the records (sizes per tensor)."""
     data, records = pack(state, meta, codebooks, **options)
-    write_atomic(path, data)
+    atomic_write_bytes(path, data)
     return records
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

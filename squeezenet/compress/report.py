@@ -6,7 +6,8 @@ import io
 import math
 from pathlib import Path
 
-from .container import Record, write_atomic
+from ..io import atomic_write_bytes
+from .container import Record
 from .pipeline import Report, Result
 
 
@@ -106,4 +107,4 @@ def plot(report: Report, path: str | Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
