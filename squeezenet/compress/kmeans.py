@@ -64,9 +64,15 @@ def quantize(model: nn.Module, bits: int) -> None:
         centroids, assignment = kmeans_1d(weight[nonzero].cpu().numpy(), (1 << bits) - 1)
         codes = torch.zeros(weight.shape, dtype=torch.long, device=weight.device)
         codes[nonzero] = torch.from_numpy(assignment).to(weight.device) + 1
-        shared = SharedWeight(torch.from_numpy(centroids).to(weight.device), codes)
-        parametrize.register_parametrization(module, "weight", shared, unsafe=True)
-        module.parametrizations.weight.original.requires_grad_(False)
+        share(module, torch.from_numpy(centroids), codes)
+
+
+def share(module: nn.Module, centroids: torch.Tensor, codes: torch.Tensor) -> None:
+    """Make ``module.weight`` ``[0, *centroids][codes]``, with only the centroids trainable."""
+    device = module.weight.device
+    shared = SharedWeight(centroids.to(device), codes.to(device))
+    parametrize.register_parametrization(module, "weight", shared, unsafe=True)
+    module.parametrizations.weight.original.requires_grad_(False)
 
 
 def codebooks(model: nn.Module) -> dict[str, np.ndarray]:

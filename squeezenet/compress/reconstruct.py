@@ -18,10 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 from tqdm import tqdm
 
-from .kmeans import SharedWeight, kmeans_1d
+from .kmeans import kmeans_1d, share
 from .prune import bake, density, layer_roles
 
 BLOCK = 128  # columns pruned and rounded together (SparseGPT's block)
@@ -139,17 +138,15 @@ def compress_layer(
     centroids = torch.from_numpy(kmeans_1d(w[:, :-1][kept].numpy(), (1 << bits) - 1)[0])
     codebook = centroids.double()  # sorted: 1-D k-means keeps the linear initialisation's order
 
-    def share(i: int, column: torch.Tensor) -> torch.Tensor:
+    def to_centroids(i: int, column: torch.Tensor) -> torch.Tensor:
         return torch.where(kept[:, i], codebook[_nearest(codebook, column)], 0.0)
 
-    w = _sweep(w, u, share, None)[:, order.argsort()]
+    w = _sweep(w, u, to_centroids, None)[:, order.argsort()]
     kept = kept[:, order[:-1].argsort()]
     if module.bias is not None:  # (without one, the share of the error it took is lost)
         module.bias.data.copy_(w[:, -1].float().to(device))
     codes = torch.where(kept, _nearest(codebook, w[:, :-1]) + 1, 0).reshape(shape)
-    shared = SharedWeight(centroids.to(device), codes.to(device))
-    parametrize.register_parametrization(module, "weight", shared, unsafe=True)
-    module.parametrizations.weight.original.requires_grad_(False)
+    share(module, centroids, codes)
 
 
 def reconstruct(
