@@ -5,7 +5,7 @@ For both real weights and two backends, fp32 ``auto`` (ONNX Runtime) and the int
 evaluated), this measures side by side, in rounds:
 
 * network only: the preprocessed imagenet-val images (decoded once, untimed) in batches of 32;
-* end to end: ``squeezenet.engine.evaluate.evaluate`` on the folder (decoding in DataLoader
+* end to end: ``squeezenet.inference.pipeline.evaluate`` on the folder (decoding in DataLoader
   workers while the network runs), which also gives top-1 / top-5.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--rounds 3] [--threads 2]
@@ -24,8 +24,8 @@ import torch
 
 import squeezenet
 from squeezenet.data.datasets import labelled_folder, shared_dir
-from squeezenet.engine.evaluate import evaluate
 from squeezenet.inference.backends import OnnxModel, optimize
+from squeezenet.inference.pipeline import evaluate
 from squeezenet.inference.quantize import quantize
 
 WEIGHTS = [

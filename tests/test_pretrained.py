@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import squeezenet
-from squeezenet.engine.evaluate import evaluate, predict
+from squeezenet.inference.pipeline import evaluate, predict
 from squeezenet.weights.formats import deep_compression, ncnn
 
 DC = "weights/deep-compression/compressed_SqueezeNet.net"

@@ -18,9 +18,9 @@ from PIL import Image
 
 import squeezenet
 from squeezenet.cli import main
-from squeezenet.engine.evaluate import predict
 from squeezenet.errors import SqueezeNetError
 from squeezenet.inference.backends import OnnxModel
+from squeezenet.inference.pipeline import predict
 from squeezenet.inference.quantize import quantize
 from squeezenet.serve.app import Classification, Limits, create_app
 from squeezenet.serve.batcher import BatchResult, MicroBatcher

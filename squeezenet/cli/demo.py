@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..data.datasets import list_images, shared_dir
-from ..engine.evaluate import evaluate, predict
 from ..errors import SqueezeNetError
 from ..inference.backends import optimize
+from ..inference.pipeline import evaluate, predict
 from ..weights.load import load_model
 
 DEMO_WEIGHTS = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.datasets import list_images
-from ..engine.evaluate import evaluate, predict
 from ..errors import SqueezeNetError
 from ..inference.backends import BACKENDS, open_onnx, optimize
+from ..inference.pipeline import evaluate, predict
 from .common import add_weights_args, model_from_args
 
 

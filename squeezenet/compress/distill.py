@@ -18,8 +18,8 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..data.datasets import ImageDataset, labelled_folder, list_images
-from ..engine.evaluate import loader_for
 from ..errors import SqueezeNetError
+from ..inference.pipeline import loader_for
 
 
 @dataclass

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from ..data.datasets import imagenet_classes
-from ..engine.evaluate import evaluate
 from ..errors import SqueezeNetError
+from ..inference.pipeline import evaluate
 from ..weights.load import load_model, save_model
 from . import container
 from .distill import Cache, cache_images, distill

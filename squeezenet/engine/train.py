@@ -39,11 +39,11 @@ from tqdm import tqdm
 from ..data.datasets import ImageDataset, collate_skipping, imagenet_classes, labelled_folder
 from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
+from ..inference.pipeline import run as run_inference
 from ..models import build_model, default_input_size
 from ..weights.load import WeightsInfo, create_model, load_model, save_model
 from .augment import AugmentedDataset, TrainTransform
 from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
-from .evaluate import run as run_inference
 from .plots import plot_confusion, plot_curves
 
 SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often

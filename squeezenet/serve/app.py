@@ -33,9 +33,9 @@ from torch import nn
 
 from .. import __version__
 from ..data.transforms import Preprocess, load_image
-from ..engine.evaluate import top_classes
 from ..errors import SqueezeNetError
 from ..inference.backends import optimize
+from ..inference.pipeline import top_classes
 from .batcher import MicroBatcher
 from .metrics import Metrics
 

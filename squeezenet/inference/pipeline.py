@@ -1,4 +1,4 @@
-"""Batched prediction and top-k evaluation, decoding images in worker processes."""
+"""Run a model over images: batched predict and top-k evaluate, decoding in worker processes."""
 
 from __future__ import annotations
 
