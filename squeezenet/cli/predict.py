@@ -4,23 +4,60 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from ..data.datasets import list_images
+from ..data.datasets import shared_dir, squeezenet_home
 from ..errors import SqueezeNetError
 from ..inference.backends import BACKENDS, open_onnx, optimize
-from ..inference.pipeline import evaluate, predict
+from ..inference.pipeline import evaluate
+from ..inference.stream import (
+    Batch,
+    LineWriter,
+    collect_inputs,
+    completed_files,
+    parse_shard,
+    predict_stream,
+    shard,
+)
+from ..weights.entries import ENTRIES
 from .common import add_weights_args, model_from_args
+
+# cached downloads tried when --weights is not given, best first ('squeezenet download NAME')
+DEFAULT_WEIGHTS = ["squeezenet1_1.torchvision", "squeezenet1_1.ncnn", "squeezenet1_0.torchvision"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="top-k classes of images")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    add_weights_args(p)
+    p = subparsers.add_parser(
+        "predict", help="top-k classes of images, streamed; unreadable files skipped (exit 1)"
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="files or folders (recursive)")
+    p.add_argument("--files-from", metavar="LIST", help="more image paths, one a line ('-': stdin)")
+    add_weights_args(p, required=False)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument(
+        "--output", metavar="OUT.jsonl",
+        help="append the JSON lines to this file (flushed and fsynced batch by batch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true", help="skip the files already in --output (after a kill)"
+    )
+    p.add_argument(
+        "--shard", metavar="I/N", help="run shard I of N: every N-th of the sorted inputs from I"
+    )
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="run on a Ray cluster (pip install 'squeezenet[ray]'); no ADDRESS: a local one, "
+        "or the one 'ray start' made on this machine",
+    )  # fmt: skip
     p.add_argument("--save-logits", metavar="F.npy", help="write (N, classes) float32 logits")
     _add_run_args(p)
     p.set_defaults(run=run_predict)
@@ -52,24 +89,120 @@ def _model_and_forward(args: argparse.Namespace) -> tuple:
     return model, optimize(model, args.backend, example)
 
 
-def run_predict(args: argparse.Namespace) -> None:
+def run_predict(args: argparse.Namespace) -> int:
+    """Stream results as they come; 1 when images were skipped, 0 when all were read."""
     if args.topk < 1:
         raise SqueezeNetError("--topk must be at least 1")
-    files = list_images(args.images)
-    model, forward = _model_and_forward(args)
-    results, logits = predict(
-        model, files, topk=args.topk, forward=forward, batch_size=args.batch_size,
-        workers=args.workers, progress=not args.json,
+    if args.resume and not args.output:
+        raise SqueezeNetError("--resume continues an --output file; pass --output OUT.jsonl")
+    if args.save_logits and args.resume:
+        raise SqueezeNetError("--save-logits cannot be resumed (it holds every row); drop one")
+    files = collect_inputs(args.images, args.files_from)
+    if args.shard:
+        files = shard(files, *parse_shard(args.shard))
+    done = completed_files(args.output) if args.resume else set()
+    if args.output and not args.resume and Path(args.output).is_file():
+        if Path(args.output).stat().st_size:
+            raise SqueezeNetError(
+                f"{args.output}: already has results; pass --resume to continue it, or remove it"
+            )
+    todo = [f for f in files if f not in done]
+    if args.weights is None:
+        args.weights = default_weights()
+    if args.ray is not None:
+        batches = _ray_batches(args, todo)
+    else:
+        model, forward = _model_and_forward(args)
+        batches = predict_stream(
+            model, todo, topk=args.topk, forward=forward, batch_size=args.batch_size,
+            workers=args.workers,
+        )  # fmt: skip
+    return _write(args, batches, total=len(files), already=len(files) - len(todo))
+
+
+def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator[Batch]:
+    from ..inference.ray_predict import predict_ray
+
+    if args.calibration:
+        raise SqueezeNetError("--calibration is not supported with --ray; quantize the model first")
+    return predict_ray(
+        files, args.weights, backend=args.backend, topk=args.topk, batch_size=args.batch_size,
+        address=args.ray or None, preprocess=args.preprocess, file_format=args.format,
     )  # fmt: skip
+
+
+def default_weights() -> str:
+    """Pretrained weights found on this machine, said on stderr; else how to get some."""
+    shared = shared_dir() / "weights"
+    candidates = [
+        shared / "ncnn/squeezenet_v1.1.ncnn.param",
+        shared / "deep-compression/compressed_SqueezeNet.net",
+    ] + [squeezenet_home() / ENTRIES[name].filename for name in DEFAULT_WEIGHTS]
+    for path in candidates:
+        if path.is_file():
+            print(f"squeezenet predict: using {path} (choose with --weights)", file=sys.stderr)
+            return str(path)
+    raise SqueezeNetError(
+        "no --weights given and no pretrained weights found in the shared data or "
+        f"{squeezenet_home()}; run 'squeezenet download {DEFAULT_WEIGHTS[0]}' once"
+    )
+
+
+def _write(args: argparse.Namespace, batches: Iterator[Batch], total: int, already: int) -> int:
+    """Write each batch as it comes: to --output (JSON lines), else stdout; count the skipped."""
+    bar = tqdm(
+        total=total, initial=already, unit="img", desc="predict", file=sys.stderr,
+        disable=True if args.no_progress else None,  # None: shown on a terminal only
+    )  # fmt: skip
+    writer = LineWriter(args.output) if args.output else None
+    logits, skipped, written, start = [], 0, 0, time.perf_counter()
+    try:
+        for batch in batches:
+            for reason in (reason for _, reason in batch.failures):
+                if args.strict:
+                    raise SqueezeNetError(reason)
+                tqdm.write(f"squeezenet predict: skipped {_one_line(reason)}", file=sys.stderr)
+            skipped += len(batch.failures)
+            if writer:
+                writer.write([json.dumps(r) for r in batch.results])
+            else:
+                _print(batch.results, args.json)
+            if args.save_logits:
+                logits.append(batch.logits)
+            written += len(batch.results)
+            bar.update(len(batch.results) + len(batch.failures))
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
     if args.save_logits:
-        np.save(Path(args.save_logits), logits.astype(np.float32))
+        rows = np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)
+        np.save(Path(args.save_logits), rows.astype(np.float32))
+    seconds = time.perf_counter() - start
+    if skipped or not bar.disable:
+        resumed = f", {already} already in {args.output}" if already else ""
+        print(
+            f"squeezenet predict: {written} images in {seconds:.1f} s "
+            f"({written / max(seconds, 1e-9):.1f} images/s){resumed}, "
+            f"{skipped} unreadable skipped",
+            file=sys.stderr,
+        )
+    return 1 if skipped else 0
+
+
+def _print(results: list[dict], as_json: bool) -> None:
     for r in results:
-        if args.json:
+        if as_json:
             print(json.dumps(r))
         else:
             print(r["file"])
             for t in r["top"]:
                 print(f"  {t['prob']:7.2%}  {t['label']}  ({t['index']})")
+    sys.stdout.flush()  # results as they come, also through a pipe
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -1,0 +1,187 @@
+"""Predict over any number of images as a stream: results come out batch by batch, in input order.
+
+Built for long runs over photo libraries: an image that cannot be decoded is reported and
+skipped, results are appended to a JSON-lines file that a killed run can ``resume`` from, and
+``shard`` splits the inputs between machines deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.datasets import ImageDataset, list_images
+from ..data.transforms import load_image
+from ..errors import SqueezeNetError
+from .pipeline import Forward, loader_for, top_classes
+
+
+@dataclass
+class Batch:
+    """One batch of the stream: results in input order, their logits, and the files skipped."""
+
+    results: list[dict]  # {"file", "top": [{"index", "label", "prob"}]}, as ``predict`` gives
+    logits: np.ndarray  # (len(results), classes) float32
+    failures: list[tuple[str, str]]  # (file, why it could not be read)
+
+
+def predict_stream(
+    model: torch.nn.Module,
+    files: Sequence[str | Path],
+    *,
+    topk: int = 5,
+    forward: Forward | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[Batch]:
+    """Top-k classes of ``files``, one ``Batch`` at a time as the network finishes each.
+
+    Images are decoded in ``workers`` processes while the network runs; one that cannot be
+    decoded is named in ``Batch.failures`` with the decoder's reason instead of stopping the run.
+    """
+    info = model.weights_info
+    files = [str(f) for f in files]
+    dataset = ImageDataset(files, None, info.preprocess, draft_size=info.preprocess.resize)
+    forward = forward or model
+    start = 0
+    with torch.inference_mode():
+        for batch in loader_for(dataset, batch_size, workers):
+            stop = min(start + batch_size, len(files))
+            if batch is None:  # every image of this batch failed
+                index, logits = np.zeros(0, np.int64), np.zeros((0, info.num_classes), np.float32)
+            else:
+                x, _, index, _ = batch
+                index, logits = index.numpy(), forward(x).float().numpy()
+            missing = sorted(set(range(start, stop)) - set(index.tolist()))
+            yield Batch(
+                [
+                    {"file": files[i], "top": top_classes(row, info, topk)}
+                    for i, row in zip(index, logits, strict=True)
+                ],
+                logits,
+                [(files[i], _decode_error(files[i])) for i in missing],
+            )
+            start = stop
+
+
+def _decode_error(file: str) -> str:
+    """Why ``file`` could not be decoded: the decoder's one-line message, decoded again here.
+
+    The worker processes only say that an image failed; failures are rare, so decoding the
+    file once more in this process to get the reason costs little.
+    """
+    try:
+        load_image(file)
+    except SqueezeNetError as e:
+        return str(e)
+    return f"{file}: cannot decode image"  # failed in the worker (e.g. out of memory there)
+
+
+def read_file_list(source: str) -> list[str]:
+    """Image paths, one per line, from a text file or ``-`` (stdin); blank lines skipped."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SqueezeNetError(f"{source}: cannot read file list ({e.strerror})") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def collect_inputs(paths: Iterable[str], files_from: str | None = None) -> list[str]:
+    """Files and folders (searched recursively) plus the lines of ``files_from``, duplicates once.
+
+    Listed files are taken as they are, not checked: one that is missing is reported when it
+    is decoded, like any other unreadable image, instead of stopping a long list.
+    """
+    paths = list(paths)
+    found = [str(p) for p in list_images(paths)] if paths else []
+    if files_from is not None:
+        found += read_file_list(files_from)
+    if not found:
+        raise SqueezeNetError("no images given: pass files, folders or --files-from LIST")
+    return list(dict.fromkeys(found))
+
+
+def shard(files: Sequence[str], index: int, count: int) -> list[str]:
+    """Shard ``index`` of ``count``: every ``count``-th of the sorted files, starting at ``index``.
+
+    Depends only on the set of files, so every machine computes the same split; the shards are
+    disjoint, cover every file, and differ in size by at most one.
+    """
+    if not 0 <= index < count:
+        raise SqueezeNetError(f"shard {index}/{count}: expected 0 <= I < N")
+    return sorted(files)[index::count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N)."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SqueezeNetError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    shard([], index, count)  # validates the range
+    return index, count
+
+
+def completed_files(output: str | Path) -> set[str]:
+    """Files already in a JSON-lines output; a torn last line (a killed run) is cut off the file.
+
+    A missing file means nothing was done yet.
+    """
+    path = Path(output)
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) < len(data):
+        with open(path, "rb+") as f:  # drop the partial line so it is redone, not duplicated
+            f.truncate(len(whole))
+            os.fsync(f.fileno())
+    done = set()
+    for number, line in enumerate(whole.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            done.add(json.loads(line)["file"])
+        except (ValueError, KeyError, TypeError):
+            raise SqueezeNetError(
+                f"{path}:{number}: not a result line of 'squeezenet predict'; cannot resume from it"
+            ) from None
+    return done
+
+
+class LineWriter:
+    """Appends whole lines to a file: one write per chunk, flushed and fsynced.
+
+    Each chunk reaches the disk before the next batch is counted as done, so a killed run
+    loses at most the chunk being written, which ``completed_files`` then drops.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise SqueezeNetError(f"{path}: folder {path.parent} does not exist")
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def write(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        view = memoryview(data)
+        while view:  # O_APPEND: a regular file takes it whole; loop on the rare short write
+            view = view[os.write(self.fd, view) :]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> LineWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
