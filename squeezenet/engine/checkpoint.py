@@ -7,32 +7,17 @@ it are ordinary weights files in the project's format.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import SqueezeNetError
+from ..io import atomic_output
 
 STATE_FILE = "state.pt"
 STATE_VERSION = 1
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def rng_states() -> dict:
@@ -57,7 +42,8 @@ def set_rng_states(states: dict) -> None:
 
 def save_state(run_dir: Path, state: dict) -> None:
     state = {"version": STATE_VERSION, **state, "rng": rng_states()}
-    atomic_torch_save(state, run_dir / STATE_FILE)
+    with atomic_output(run_dir / STATE_FILE) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(run_dir: Path) -> dict:
