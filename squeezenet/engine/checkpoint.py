@@ -2,7 +2,9 @@
 
 ``RUN_DIR/state.pt`` holds everything ``--resume`` needs (config, model, optimizer, scheduler,
 epoch, step, metrics so far, RNG states); ``best.safetensors`` and ``last.safetensors`` beside
-it are ordinary weights files in the project's format.
+it are ordinary weights files in the project's format. ``state.pt`` is read with
+``torch.load(weights_only=True)``: tensors, plain Python values and numeric NumPy arrays (the NumPy
+RNG state, the confusion matrix) load; any other pickled object, which could run code, is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ from ..io import atomic_output
 
 STATE_FILE = "state.pt"
 STATE_VERSION = 1
+
+# What a state holds beyond tensors and plain Python values: numeric NumPy arrays.
+_NUMPY_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    np.dtypes.BoolDType,
+    *(
+        getattr(np.dtypes, f"{kind}{bits}DType")
+        for kind in ("Int", "UInt")
+        for bits in (8, 16, 32, 64)
+    ),
+    *(getattr(np.dtypes, f"Float{bits}DType") for bits in (16, 32, 64)),
+]
 
 
 def rng_states() -> dict:
@@ -52,9 +68,23 @@ def load_state(run_dir: Path) -> dict:
     if not path.is_file():
         raise SqueezeNetError(f"{path}: no training state to resume from")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip/pickle
-        raise SqueezeNetError(f"{path}: damaged training state ({type(e).__name__}: {e})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        refused = [line for line in lines if "GLOBAL" in line or "allowlisted" in line]
+        if refused:  # a pickled object other than data: loading it could run code
+            reason = refused[0].split(". Please use")[0].split(" Please use")[0]
+            raise SqueezeNetError(
+                f"{path}: refused: it holds pickled objects other than tensors, numbers and "
+                f"arrays, which could run code ({reason[:200]})"
+            ) from None
+        _, marker, detail = str(e).partition("WeightsUnpickler error:")
+        reason = (detail.strip() if marker else "") or (lines[0] if lines else "")
+        reason = (
+            f"{type(e).__name__}: {reason.splitlines()[0][:200]}" if reason else type(e).__name__
+        )
+        raise SqueezeNetError(f"{path}: damaged training state ({reason})") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise SqueezeNetError(f"{path}: not a training state written by this version")
     return state
