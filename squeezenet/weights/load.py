@@ -7,54 +7,19 @@ every shape checked; a state dict (torchvision, safetensors) is loaded strictly 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data.datasets import imagenet_classes
 from ..data.transforms import Preprocess, get_preset
 from ..errors import FormatError, SqueezeNetError
 from ..models.registry import build_model
 from .detect import FORMATS, detect_format, resolve, sha256_file
 from .entries import WeightsEntry, entry_for_sha256
 from .formats import Layers
+from .info import WeightsInfo
 from .layers import arch_of_layers, arch_of_state, assign_layers, model_layers
-
-
-@dataclass
-class WeightsInfo:
-    """What a loaded model needs to classify correctly: arch, preprocessing, labels, origin."""
-
-    arch: str
-    model_kwargs: dict
-    num_classes: int
-    preprocess: Preprocess
-    classes: list[str] | None = None  # human-readable names, one per output
-    class_ids: list[str] | None = None  # wnids or folder names, for ImageFolder mapping
-    source: str = ""
-    sha256: str = ""
-    file_format: str = ""
-    entry: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def label(self, index: int) -> str:
-        return self.classes[index] if self.classes else f"class {index}"
-
-    def to_meta(self) -> dict:
-        return {
-            "arch": self.arch,
-            "model_kwargs": self.model_kwargs,
-            "num_classes": self.num_classes,
-            "preprocess": self.preprocess.to_dict(),
-            "classes": self.classes,
-            "class_ids": self.class_ids,
-            "source": self.source,
-            "sha256": self.sha256,
-            "file_format": self.file_format,
-            "entry": self.entry,
-        }
 
 
 def _read_foreign(
@@ -227,18 +192,12 @@ def _load_model(
         first = str(e).splitlines()[0:2]
         raise FormatError(f"{path}: weights do not fit {arch}: {' '.join(first)}") from None
     model.eval()
-    classes, class_ids = meta.get("classes"), meta.get("class_ids")
-    if classes is None and num_classes == 1000:
-        found = imagenet_classes()
-        if found:
-            class_ids, classes = found
-    model.weights_info = WeightsInfo(
+    model.weights_info = WeightsInfo.from_meta(
+        meta,
         arch=arch,
         model_kwargs=kwargs,
         num_classes=num_classes,
         preprocess=preset,
-        classes=classes,
-        class_ids=class_ids,
         source=str(path),
         sha256=digest,
         file_format=fmt,
@@ -261,7 +220,7 @@ def create_model(
     """
     if weights is None:
         model = build_model(arch, **({"num_classes": num_classes} if num_classes else {}), **kwargs)
-        model.weights_info = WeightsInfo(
+        model.weights_info = WeightsInfo(  # a random model: no metadata, no class names
             arch, kwargs, model.num_classes, get_preset("torchvision"), file_format="random"
         )
         return model.eval()
