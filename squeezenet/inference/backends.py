@@ -9,9 +9,10 @@
 * ``cuda``: a copy on the GPU (NHWC, fp32 without TF32); batches go there and logits come back.
   Offered only where a CUDA GPU is visible.
 
-The CPU backends use ``torch.get_num_threads()`` threads. An .onnx file (e.g. one written by
-``squeezenet quantize``) runs as it is through ``OnnxModel``, which reads its preprocessing from
-the file.
+Every backend runs the eval-mode model with its Fire BatchNorms folded into the convolutions
+(``fold.py``). The CPU backends use ``torch.get_num_threads()`` threads. An .onnx file (e.g. one
+written by ``squeezenet quantize``) runs as it is through ``OnnxModel``, which reads its
+preprocessing from the file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..weights.detect import sha256_file
 from ..weights.formats.onnx import metadata
 from ..weights.load import WeightsInfo
 from .export import input_shape, onnx_model, read_onnx
+from .fold import fold_batch_norm
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ["auto", "eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8"]
@@ -73,7 +75,7 @@ def optimize(
         if backend == "onnxruntime-int8" and not model.int8:
             raise SqueezeNetError(f"{model.path}: an fp32 graph; make an int8 one with quantize")
         return model
-    model.eval()
+    model = fold_batch_norm(model)  # eval mode; BatchNorm-free copy for the BatchNorm variants
     backend = auto_backend() if backend == "auto" else backend
     shape = input_shape(model, example)
     return checked(BUILDERS[backend](model, example, shape), shape)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import FormatError, SqueezeNetError
 from ..io import atomic_write_bytes
+from .fold import fold_batch_norm
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
@@ -39,9 +40,10 @@ def onnx_model(
 ) -> onnx.ModelProto:
     """The model as an ONNX graph (input ``input``, output ``logits``) with its metadata.
 
-    Uses the TorchScript-based exporter (``dynamo=False``), which needs no onnxscript.
+    Uses the TorchScript-based exporter (``dynamo=False``), which needs no onnxscript. Fire
+    BatchNorms are folded into the convolutions first (``fold.fold_batch_norm``).
     """
-    model.eval()
+    model = fold_batch_norm(model)
     x = torch.zeros(1, *input_shape(model, example))
     buffer = io.BytesIO()
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
@@ -84,13 +86,16 @@ def check_output(path: str | Path) -> Path:
 def export(
     model: nn.Module, path: str | Path, file_format: str = "onnx", *, dynamic_batch: bool = False
 ) -> None:
-    """Write ``model`` as ONNX (fixed batch 1 unless ``dynamic_batch``) or TorchScript."""
+    """Write ``model`` as ONNX (fixed batch 1 unless ``dynamic_batch``) or TorchScript.
+
+    Both get the eval-mode model with its Fire BatchNorms folded into the convolutions.
+    """
     path = check_output(path)
     if file_format == "onnx":
         data = onnx_model(model, dynamic_batch=dynamic_batch).SerializeToString()
     elif file_format == "torchscript":
         with torch.no_grad():
-            scripted = torch.jit.trace(model.eval(), torch.zeros(1, *input_shape(model)))
+            scripted = torch.jit.trace(fold_batch_norm(model), torch.zeros(1, *input_shape(model)))
         extra = {"squeezenet.json": json.dumps(model.weights_info.to_meta())}
         buffer = io.BytesIO()
         torch.jit.save(scripted, buffer, _extra_files=extra)
