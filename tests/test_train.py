@@ -38,6 +38,14 @@ def make_subset(root: Path, shared, per_class: dict[str, int], classes=CLASSES) 
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """Decoded-image caches of these tests (and of their subprocesses) in a folder of their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SQUEEZENET_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from conftest import shared_path
@@ -121,7 +129,8 @@ def test_classes_the_weights_know_keep_their_classifier_rows(shared, tiny):
 
 
 def test_finetune_loss_falls_and_writes_run_files(finetuned):
-    history = finetuned.history
+    start, *history = finetuned.history  # epoch 0: the starting weights, evaluated
+    assert start["epoch"] == 0 and start["train_loss"] is None
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
     assert history[-1]["val_top1"] >= 0.75  # 16 val images of 4 classes; chance is 0.25
@@ -129,7 +138,7 @@ def test_finetune_loss_falls_and_writes_run_files(finetuned):
     for name in ("best.safetensors", "last.safetensors", "state.pt", "curves.png", "confusion.png"):
         assert (run / name).stat().st_size > 0, name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["val_top1"] for r in rows] == [h["val_top1"] for h in history]
+    assert [r["val_top1"] for r in rows] == [h["val_top1"] for h in finetuned.history]
     _, meta = safetensors.read(run / "best.safetensors")
     assert meta["class_ids"] == CLASSES and set(meta["classes"]) == NAMES
     assert meta["num_classes"] == 4 and meta["preprocess"]["crop"] == 96

@@ -12,16 +12,37 @@ from ..models import list_models
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``squeezenet compare``; None means: the default, or the saved run's."""
-    p.add_argument("--epochs", type=int, help="passes over train/ (default 30)")
-    p.add_argument("--batch-size", type=int, help="global batch per optimizer step (default 512)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.04 x batch / 512)")
-    p.add_argument("--momentum", type=float, help="default 0.9")
-    p.add_argument("--weight-decay", type=float, help="default 2e-4")
-    p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.03)")
-    p.add_argument("--min-scale", type=float, help="random-resized-crop min area (default 0.08)")
+    """Options shared with ``squeezenet compare``. Left out, each comes from the recipe: the
+    architecture's own from scratch, or fine-tuning's with --weights (``squeezenet/engine/
+    recipes.py``), or from the saved run with --resume."""
+    p.add_argument("--epochs", type=int, help="passes over the training images")
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (the classifier's)")
+    p.add_argument(
+        "--backbone-lr",
+        type=float,
+        help="pretrained layers' rate as a fraction of --lr (fine-tuning: 0.1)",
+    )
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=float, help="fraction of steps warming up")
+    p.add_argument("--schedule", choices=("cosine", "linear"), help="decay after the warm-up")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--min-scale", type=float, help="random-resized-crop min area")
     p.add_argument("--image-size", type=int, help="training crop side (default: the arch's)")
+    p.add_argument(
+        "--val-split",
+        type=float,
+        help="share of each class held out when DATA has no train/ and val/ (0.2)",
+    )
     p.add_argument("--seed", type=int, help="seed of weights init, data order, augmentation")
+    p.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        default=None,
+        help="decode the images every epoch instead of once into a cache",
+    )
     p.add_argument("--micro-batch", type=int, help="images per forward (default 64 CPU, 256 GPU)")
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -32,20 +53,29 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train or fine-tune on an ImageFolder tree",
-        description="Train from scratch or fine-tune. DATA holds train/ and val/ (ImageFolder "
-        "trees or labels.csv folders). Run under 'torchrun --nproc-per-node K' for DDP.",
+        help="train or fine-tune on a folder of class folders",
+        description="Train from scratch or fine-tune. DATA is a folder of class folders (a "
+        "share of each class is held out for validation) or holds train/ and val/ (ImageFolder "
+        "trees or labels.csv folders). Every recipe option left out comes from the "
+        "architecture's recipe, or the fine-tuning one with --weights. Run under 'torchrun "
+        "--nproc-per-node K' for DDP.",
     )
     p.add_argument("data", metavar="DATA")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints, metrics, plots")
-    p.add_argument("--arch", help=f"{', '.join(list_models())} (default: the weights', or "
-                   "squeezenet1_1)")  # fmt: skip
+    p.add_argument(
+        "--arch", help=f"{', '.join(list_models())} (default: the weights', or squeezenet1_1)"
+    )
     p.add_argument("--weights", metavar="PATH_OR_NAME", help="start from these weights")
     p.add_argument("--num-classes", type=int, help="default: number of class folders")
-    p.add_argument("--freeze-features", action="store_true", default=None,
-                   help="train the classifier only")  # fmt: skip
-    p.add_argument("--reset-head", action="store_true", default=None,
-                   help="new classifier even for classes the weights know")  # fmt: skip
+    p.add_argument(
+        "--freeze-features", action="store_true", default=None, help="train the classifier only"
+    )
+    p.add_argument(
+        "--reset-head",
+        action="store_true",
+        default=None,
+        help="new classifier even for classes the weights know",
+    )
     p.add_argument("--save-every", type=int, help="also save the state every N steps")
     p.add_argument("--resume", action="store_true", help="continue the run saved in RUN_DIR")
     add_recipe_args(p)

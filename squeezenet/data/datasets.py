@@ -7,10 +7,12 @@ Every dataset yields ``(tensor, label, index)``; an image that cannot be decoded
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
@@ -134,7 +136,8 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
 def labelled_folder(
     root: str | Path, transform: Callable, classes: list[str] | None = None, draft_size=None
 ) -> ImageDataset:
-    """A labelled dataset from ``root/labels.csv`` or an ImageFolder tree.
+    """A labelled dataset from ``root/labels.csv``, an ImageFolder tree, or a training run
+    folder split from a plain class-folder tree (its validation share, from ``split.json``).
 
     For ImageFolder trees, folder names are mapped through ``classes`` (the model's own class
     names or the ImageNet wnids) when every folder is among them; otherwise folders are
@@ -143,6 +146,14 @@ def labelled_folder(
     root = Path(root)
     if not root.is_dir():
         raise SqueezeNetError(f"{root}: no such folder")
+    if (root / SPLIT_FILE).is_file():  # a training run's folder: its held-out share
+        split = read_split(root)
+        val = split_datasets(split, transform, draft_size)[1]
+        if classes is not None and split["classes"] and set(split["classes"]) <= set(classes):
+            lookup = {name: k for k, name in enumerate(classes)}
+            val.labels = [lookup[split["classes"][k]] for k in val.labels]
+            val.classes = classes
+        return val
     if (root / "labels.csv").is_file():
         files, labels = read_labels_csv(root)
         return ImageDataset(files, labels, transform, classes, draft_size)
@@ -152,3 +163,82 @@ def labelled_folder(
         labels = [lookup[folders[k]] for k in labels]
         return ImageDataset(files, labels, transform, classes, draft_size)
     return ImageDataset(files, labels, transform, folders, draft_size)
+
+
+SPLIT_FILE = "split.json"  # in a run folder: the train/val file lists of a split class-folder tree
+
+
+def is_split_tree(root: Path) -> bool:
+    """Whether ``root`` holds ``train/`` and ``val/`` rather than the classes themselves."""
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def stratified_split(
+    labels: Sequence[int], share: float, seed: int, classes: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Indices (train, val) with ``share`` of each class in val, chosen by a seeded shuffle.
+
+    Every class keeps at least one image on each side, else a SqueezeNetError names it.
+    """
+    if not 0 < share < 1:
+        raise SqueezeNetError(f"--val-split must lie between 0 and 1, not {share:g}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    train, val = [], []
+    for label in sorted(by_class):
+        members = by_class[label]
+        n_val = max(1, round(len(members) * share))
+        if n_val >= len(members):
+            raise SqueezeNetError(
+                f"class {classes[label]!r} has {len(members)} image(s): too few to keep one for "
+                f"training and one for validation at --val-split {share:g}"
+            )
+        order = rng.permutation(members).tolist()
+        val += order[:n_val]
+        train += order[n_val:]
+    return sorted(train), sorted(val)
+
+
+def split_folder(root: Path, share: float, seed: int) -> dict:
+    """Split a class-folder tree (or one ``labels.csv`` folder): the content of ``split.json``."""
+    if (root / "labels.csv").is_file():
+        files, labels = read_labels_csv(root)
+        classes = None
+        names = [str(k) for k in range(max(labels) + 1)]
+    else:
+        classes, files, labels = scan_image_folder(root)
+        names = classes
+    train, val = stratified_split(labels, share, seed, names)
+    rows = [[str(f.relative_to(root)), label] for f, label in zip(files, labels, strict=True)]
+    return {
+        "data": str(root.resolve()),
+        "val_split": share,
+        "seed": seed,
+        "classes": classes,
+        "train": [rows[i] for i in train],
+        "val": [rows[i] for i in val],
+    }
+
+
+def split_datasets(
+    split: dict, transform: Callable, draft_size: int | None = None
+) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, val) datasets that a ``split.json`` describes."""
+    root = Path(split["data"])
+
+    def part(name: str) -> ImageDataset:
+        files = [root / f for f, _ in split[name]]
+        labels = [label for _, label in split[name]]
+        return ImageDataset(files, labels, transform, split["classes"], draft_size)
+
+    return part("train"), part("val")
+
+
+def read_split(run_dir: Path) -> dict:
+    path = run_dir / SPLIT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SqueezeNetError(f"{path}: cannot read the run's split ({e})") from None

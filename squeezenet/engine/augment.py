@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.cache import PixelCache
 from ..data.datasets import ImageDataset
 from ..data.transforms import Preprocess, load_image
 from ..errors import SqueezeNetError
@@ -73,20 +74,32 @@ class TrainTransform:
 class AugmentedDataset(Dataset):
     """Wraps a labelled ``ImageDataset``; indexed by ``(epoch, index)`` keys.
 
-    Yields ``(tensor, label, index)``, or None for an image that cannot be decoded.
+    Yields ``(tensor, label, index)``, or None for an image that cannot be decoded. With a
+    ``cache`` the images come decoded from it instead of from their files.
     """
 
-    def __init__(self, base: ImageDataset, transform: TrainTransform, seed: int) -> None:
-        self.base, self.transform, self.seed = base, transform, seed
+    def __init__(
+        self,
+        base: ImageDataset,
+        transform: TrainTransform,
+        seed: int,
+        cache: PixelCache | None = None,
+    ) -> None:
+        self.base, self.transform, self.seed, self.cache = base, transform, seed, cache
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
-        try:
-            image = load_image(self.base.files[i], draft_size=self.transform.size)
-        except SqueezeNetError:
+        if self.cache is not None:
+            image = self.cache.image(i)
+        else:
+            try:
+                image = load_image(self.base.files[i], draft_size=self.transform.size)
+            except SqueezeNetError:
+                image = None
+        if image is None:
             return None
         rng = np.random.default_rng((self.seed, epoch, i))
         return self.transform(image, rng), self.base.labels[i], i

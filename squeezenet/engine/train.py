@@ -1,11 +1,16 @@
 """Training and fine-tuning on one process or many (DDP under torchrun), resumable exactly.
 
-The recipe follows DeepScale's solver and torchvision's reference: SGD with momentum 0.9 and
-weight decay 2e-4, a linear warm-up then linear ("poly", power 1) decay to zero per step,
-random-resized-crop + flip for training, the weights' preset (center crop) for validation.
-``batch_size`` is the global batch of one optimizer step: processes x accumulation x micro-batch,
-as Caffe's ``iter_size`` did; the default learning rate is 0.04 x batch_size / 512.
+Read top to bottom: the config; the recipe that fills every option left out (``recipes.py``:
+each architecture's own from scratch, a fine-tuning one with ``--weights``); the set-up (data,
+model, optimizer, loader); then ``Trainer.fit``: the starting weights evaluated as epoch 0,
+then epochs of SGD steps, each followed by validation and checkpoints.
 
+``batch_size`` is the global batch of one optimizer step: processes x accumulation x
+micro-batch, as Caffe's ``iter_size`` did; recipes state their learning rate for their own
+batch and it scales linearly with the batch used.
+
+Nothing is lost: a loss that explodes or becomes NaN sends the run back to the start of its
+epoch with a 10x lower rate (three times at most); Ctrl-C or SIGTERM finish the step and save.
 Exact resume: the data order (``DistributedSampler`` seeded by epoch), every augmentation
 (seeded by seed, epoch and image) and dropout (torch reseeded per step and rank) are functions
 of the step, so a run restarted from ``state.pt`` retraces the uninterrupted run bit for bit.
@@ -13,6 +18,7 @@ of the step, so a run restarted from ``state.pt`` retraces the uninterrupted run
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -36,23 +42,38 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..data.datasets import ImageDataset, collate_skipping, imagenet_classes, labelled_folder
+from ..data.cache import PixelCache, cached_pixels, square_pixels
+from ..data.datasets import (
+    SPLIT_FILE,
+    ImageDataset,
+    collate_skipping,
+    imagenet_classes,
+    is_split_tree,
+    labelled_folder,
+    read_split,
+    split_datasets,
+    split_folder,
+)
 from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
 from ..inference.pipeline import run as run_inference
+from ..io import atomic_write_bytes
 from ..models import build_model, default_input_size
 from ..weights.load import WeightsInfo, create_model, load_model, save_model
 from .augment import AugmentedDataset, TrainTransform
 from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
 from .plots import plot_confusion, plot_curves
+from .recipes import Recipe, finetune_recipe, scratch_recipe
 
 SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
 STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and every epoch)
+MAX_RETRIES = 3  # divergences recovered from (each at a 10x lower rate) before giving up
+DEFAULT_VAL_SPLIT = 0.2
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; ``None`` fields are resolved from the data and weights."""
+    """Everything that defines a run; ``None`` fields come from the data, weights and recipe."""
 
     data: str
     out: str
@@ -61,15 +82,21 @@ class TrainConfig:
     num_classes: int | None = None  # default: number of class folders (or labels.csv maximum)
     freeze_features: bool = False
     reset_head: bool = False  # a new classifier even when the weights know the data's classes
-    epochs: int = 30
-    batch_size: int = 512  # global images per optimizer step
-    lr: float | None = None  # default 0.04 * batch_size / 512
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    warmup: float = 0.03  # fraction of all steps spent warming up linearly
+    val_split: float | None = None  # share held out of a tree without train/ and val/ (0.2)
+    # The recipe (recipes.py); None: the arch's from-scratch recipe, or fine-tuning's.
+    epochs: int | None = None
+    batch_size: int | None = None  # global images per optimizer step
+    lr: float | None = None  # peak rate of the classifier (and of everything from scratch)
+    backbone_lr: float | None = None  # pretrained layers' rate as a fraction of lr
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup: float | None = None  # fraction of all steps spent warming up linearly
+    schedule: str | None = None  # decay after the warm-up: cosine or linear
+    label_smoothing: float | None = None
+    min_scale: float | None = None  # random-resized-crop area range [min_scale, 1]
     image_size: int | None = None  # default: the arch's own (227 for v1.0, else 224)
-    min_scale: float = 0.08  # random-resized-crop area range [min_scale, 1]
     seed: int = 0
+    cache: bool = True  # decode training images once into a memory-mapped file
     # How to run (free to change on --resume):
     micro_batch: int | None = None  # images per forward per process (default 64 CPU, 256 GPU)
     bf16: bool = False
@@ -80,11 +107,13 @@ class TrainConfig:
     progress: bool = True
 
 
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "source")
 # Fields that define a run: a --resume that asks for other values is an error.
 RUN_FIELDS = (
-    "arch", "weights", "num_classes", "freeze_features", "reset_head", "epochs", "batch_size", "lr",
-    "momentum", "weight_decay", "warmup", "image_size", "min_scale", "seed",
-)  # fmt: skip
+    ("arch", "weights", "num_classes", "freeze_features", "reset_head", "val_split")
+    + RECIPE_FIELDS
+    + ("image_size", "seed", "cache")
+)
 
 
 @dataclass
@@ -96,31 +125,68 @@ class TrainResult:
 
 
 @dataclass
-class _Env:
+class Processes:
+    """This process's place among the training processes."""
+
     rank: int
     world: int
     device: torch.device
 
     @property
-    def main(self) -> bool:
+    def is_main(self) -> bool:
         return self.rank == 0
 
 
 @dataclass
-class _Progress:
-    """Where the run is, saved with the state: epoch (0-based), step in it, global step."""
+class EpochTotals:
+    """Sums over the optimizer steps of one epoch, all processes together."""
 
-    epoch: int = 0
-    pos: int = 0
-    step: int = 0
-    totals: list[float] = field(default_factory=lambda: [0.0] * 4)  # loss, correct, n, skipped
-    train_time: float = 0.0
+    loss: float = 0.0  # summed over images
+    correct: float = 0.0
+    seen: float = 0.0
+    skipped: float = 0.0  # unreadable images
+
+    def add(self, other: EpochTotals) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.seen, 1)
+
+    @property
+    def top1(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+@dataclass
+class Progress:
+    """Where the run is, saved with the state."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0
+    step: int = 0  # optimizer steps taken in all
+    totals: EpochTotals = field(default_factory=EpochTotals)
+    train_time: float = 0.0  # seconds spent in this epoch's steps
     history: list[dict] = field(default_factory=list)
     best_top1: float = -1.0
-    confusion: np.ndarray | None = None
+    confusion: list[list[int]] | None = None  # of the last validation
+    lr_scale: float = 1.0  # 0.1 per recovered divergence
+    retries: int = 0
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Progress:
+        return cls(**{**saved, "totals": EpochTotals(**saved["totals"])})
 
 
-class _StopGuard:
+class Diverged(Exception):
+    """The loss exploded or became NaN in an optimizer step."""
+
+    def __init__(self, loss: float, step: int, lr: float) -> None:
+        super().__init__(f"the loss became {loss:.3g} at step {step} (lr {lr:.3g})")
+
+
+class StopGuard:
     """SIGINT/SIGTERM inside a step ask for a stop at its end; elsewhere they interrupt at once."""
 
     def __init__(self) -> None:
@@ -133,7 +199,7 @@ class _StopGuard:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __enter__(self) -> _StopGuard:
+    def __enter__(self) -> StopGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -149,7 +215,7 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class _Keys:
+class EpochOrder:
     """A sampler whose ``(epoch, index)`` keys are set before each epoch's iterator is made."""
 
     def __init__(self) -> None:
@@ -162,11 +228,12 @@ class _Keys:
         return len(self.keys)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1, then linear decay towards 0 at ``total_steps``."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "linear") -> float:
+    """Linear warm-up to 1, then a cosine or linear decay towards 0 at ``total_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    return max(0.0, 1.0 - (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
 
 
 def loss_is_stuck(loss: float, top1: float, num_classes: int) -> bool:
@@ -175,26 +242,31 @@ def loss_is_stuck(loss: float, top1: float, num_classes: int) -> bool:
     return abs(loss - chance) < 0.02 * chance and top1 < 1.5 / num_classes
 
 
+def loss_diverged(loss: float, num_classes: int) -> bool:
+    """NaN, inf, or a mean loss over 4x that of a uniform guess (and over 10): no way back."""
+    return not math.isfinite(loss) or loss > max(10.0, 4 * math.log(num_classes))
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed of one optimizer step on one rank (dropout draws from it)."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def _setup_env(device: str | None) -> _Env:
+def _setup_processes(device: str | None) -> Processes:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if world == 1:
-        return _Env(0, 1, dev)
+        return Processes(0, 1, dev)
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return _Env(dist.get_rank(), dist.get_world_size(), dev)
+    return Processes(dist.get_rank(), dist.get_world_size(), dev)
 
 
-def _all_reduce(t: torch.Tensor, env: _Env) -> torch.Tensor:
-    if env.world > 1:
+def _sum_over_processes(t: torch.Tensor, procs: Processes) -> torch.Tensor:
+    if procs.world > 1:
         dist.all_reduce(t)
     return t
 
@@ -208,41 +280,69 @@ def _readable_names(class_ids: list[str]) -> list[str]:
     return list(class_ids)
 
 
-def _load_data(cfg: TrainConfig, preprocess: Preprocess) -> tuple[ImageDataset, ImageDataset]:
-    """The train and val splits, labelled consistently; class ids are train's folder names."""
-    root = Path(cfg.data)
-    if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise SqueezeNetError(
-            f"{root}: expected train/ and val/ folders (ImageFolder trees or labels.csv folders)"
-        )
-    train = labelled_folder(root / "train", preprocess)
-    val = labelled_folder(root / "val", preprocess, train.classes, draft_size=preprocess.resize)
-    if train.classes is not None and val.classes != train.classes:
-        extra = sorted(set(val.classes or []) - set(train.classes))
-        raise SqueezeNetError(f"{root / 'val'}: class folders not in train/: {', '.join(extra)}")
-    return train, val
+def load_data(
+    cfg: TrainConfig, preprocess: Preprocess, resume: bool
+) -> tuple[ImageDataset, ImageDataset, dict | None]:
+    """The train and val datasets, labelled consistently, and the split made (if any).
+
+    A tree with ``train/`` and ``val/`` is used as it is; any other class-folder tree (or
+    ``labels.csv`` folder) is split: ``val_split`` of each class held out, by a seeded shuffle,
+    and the split is kept in the run folder for ``--resume``, ``evaluate`` and ``compress``.
+    """
+    root, run_dir = Path(cfg.data), Path(cfg.out)
+    if not root.is_dir():
+        raise SqueezeNetError(f"{root}: no such folder")
+    if is_split_tree(root):
+        if cfg.val_split is not None:
+            raise SqueezeNetError(
+                f"{root}: has train/ and val/ already; --val-split is for a tree of class "
+                "folders without them"
+            )
+        train = labelled_folder(root / "train", preprocess)
+        val = labelled_folder(root / "val", preprocess, train.classes, draft_size=preprocess.resize)
+        if train.classes is not None and val.classes != train.classes:
+            extra = sorted(set(val.classes or []) - set(train.classes))
+            raise SqueezeNetError(
+                f"{root / 'val'}: class folders not in train/: {', '.join(extra)}"
+            )
+        return train, val, None
+    if resume and (run_dir / SPLIT_FILE).is_file():
+        split = read_split(run_dir)
+    else:
+        split = split_folder(root, cfg.val_split or DEFAULT_VAL_SPLIT, cfg.seed)
+    train, val = split_datasets(split, preprocess, draft_size=preprocess.resize)
+    return train, val, split
 
 
-def _resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None) -> TrainConfig:
-    """Fill the ``None`` fields that define the run."""
+def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None) -> TrainConfig:
+    """Fill the ``None`` fields that define the run from the data, the weights and the recipe."""
     for name in ("epochs", "batch_size", "micro_batch", "image_size"):
         if (value := getattr(cfg, name)) is not None and value < 1:
             raise SqueezeNetError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     found = len(train.classes) if train.classes else max(train.labels) + 1
     if cfg.num_classes is not None and train.classes and cfg.num_classes != found:
         raise SqueezeNetError(
-            f"--num-classes {cfg.num_classes} but {cfg.data}/train has {found} class folders"
+            f"--num-classes {cfg.num_classes} but {cfg.data} has {found} class folders"
         )
     arch = cfg.arch or (pretrained.weights_info.arch if pretrained else "squeezenet1_1")
+    recipe = finetune_recipe(len(train)) if cfg.weights else scratch_recipe(arch)
+    batch_size = cfg.batch_size or recipe.batch_size
+    filled = {n: getattr(recipe, n) for n in RECIPE_FIELDS if getattr(cfg, n) is None}
     cfg = dataclasses.replace(
         cfg,
+        **{
+            **filled,
+            "batch_size": batch_size,
+            "lr": cfg.lr if cfg.lr is not None else recipe.lr_for(batch_size),
+        },
         arch=arch,
         num_classes=cfg.num_classes or found,
-        lr=cfg.lr if cfg.lr is not None else 0.04 * cfg.batch_size / 512,
         image_size=cfg.image_size or default_input_size(arch),
     )
+    if cfg.schedule not in ("cosine", "linear"):
+        raise SqueezeNetError(f"--schedule must be cosine or linear, not {cfg.schedule!r}")
     if max(train.labels) >= cfg.num_classes or min(train.labels) < 0:
-        raise SqueezeNetError(f"{cfg.data}/train: labels must lie in 0..{cfg.num_classes - 1}")
+        raise SqueezeNetError(f"{cfg.data}: labels must lie in 0..{cfg.num_classes - 1}")
     return cfg
 
 
@@ -298,7 +398,7 @@ def _check_resume_data(state: dict, cfg: TrainConfig, train: ImageDataset) -> No
 def _check_resume_settings(state: dict, cfg: TrainConfig) -> None:
     saved = state["config"]
     diffs = [
-        f"--{k.replace('_', '-')} {saved[k]} (asked {getattr(cfg, k)})"
+        f"--{k.replace('_', '-')} {saved.get(k)} (asked {getattr(cfg, k)})"
         for k in RUN_FIELDS
         if saved.get(k) != getattr(cfg, k)
     ]
@@ -308,31 +408,24 @@ def _check_resume_settings(state: dict, cfg: TrainConfig) -> None:
         )
 
 
-def _split_batch(cfg: TrainConfig, env: _Env) -> tuple[int, int]:
+def _split_batch(cfg: TrainConfig, procs: Processes) -> tuple[int, int]:
     """(micro-batch, accumulation steps) with processes x accum x micro = batch_size."""
-    if cfg.batch_size % env.world:
+    if cfg.batch_size % procs.world:
         raise SqueezeNetError(
-            f"--batch-size {cfg.batch_size} is not a multiple of {env.world} ranks"
+            f"--batch-size {cfg.batch_size} is not a multiple of {procs.world} ranks"
         )
-    per_rank = cfg.batch_size // env.world
-    limit = cfg.micro_batch or (256 if env.device.type == "cuda" else 64)
+    per_rank = cfg.batch_size // procs.world
+    limit = cfg.micro_batch or (256 if procs.device.type == "cuda" else 64)
     accum = math.ceil(per_rank / limit)
     while per_rank % accum:
         accum += 1
     return per_rank // accum, accum
 
 
-def _shard(val: ImageDataset, env: _Env) -> ImageDataset:
-    return ImageDataset(
-        val.files[env.rank :: env.world], val.labels[env.rank :: env.world], val.transform,
-        draft_size=val.draft_size,
-    )  # fmt: skip
-
-
-def _write_jsonl(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+def _shard(val: ImageDataset, procs: Processes) -> ImageDataset:
+    rank, world = procs.rank, procs.world
+    files, labels = val.files[rank::world], val.labels[rank::world]
+    return ImageDataset(files, labels, val.transform, draft_size=val.draft_size)
 
 
 def _warn(message: str) -> None:
@@ -342,230 +435,366 @@ def _warn(message: str) -> None:
 class Trainer:
     """One run: set up from a config (and a saved state), then ``fit()`` epoch by epoch."""
 
-    def __init__(self, cfg: TrainConfig, env: _Env, resume: bool) -> None:
-        out = Path(cfg.out)
-        if not resume and (out / STATE_FILE).exists():
-            raise SqueezeNetError(
-                f"{out}: already holds a run; pass --resume or choose another --out"
+    def __init__(self, cfg: TrainConfig, procs: Processes, resume: bool) -> None:
+        self.procs, self.out = procs, Path(cfg.out)
+        state = self._saved_state(resume)
+        if state is not None:  # what the caller left open is the saved run's
+            saved = state["config"]
+            cfg = dataclasses.replace(
+                cfg, **{k: saved[k] for k in RUN_FIELDS if getattr(cfg, k) is None}
             )
-        state = load_state(out) if resume else None
         pretrained = load_model(cfg.weights) if cfg.weights and state is None else None
-        if state is not None:
-            preset = Preprocess.from_dict(state["preset"])
-        else:
-            preset = pretrained.weights_info.preprocess if pretrained else get_preset("torchvision")
-        train, self.val = _load_data(cfg, preset)
+        preset = self._preset(state, pretrained)
+        train, self.val, self.split = load_data(cfg, preset, resume)
         if state is not None:
             _check_resume_data(state, cfg, train)
-        cfg = _resolve(cfg, train, pretrained)
+        self.cfg = cfg = resolve(cfg, train, pretrained)
         if state is not None:
             _check_resume_settings(state, cfg)
-        self.cfg, self.env, self.out, self.n_train = cfg, env, out, len(train)
+        self.n_train = len(train)
         self.preset = preset.with_size(cfg.image_size)
         self.val.transform, self.val.draft_size = self.preset, self.preset.resize
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.autocast = torch.autocast(env.device.type, torch.bfloat16, enabled=cfg.bf16)
+        self.autocast = torch.autocast(procs.device.type, torch.bfloat16, enabled=cfg.bf16)
+        self._seed_everything()
+        self.model = self._build_model(state, pretrained, train.classes)
+        self.optimizer = self._build_optimizer()
+        self.micro, self.accum = _split_batch(cfg, procs)
+        self.steps = self._steps_per_epoch()
+        self.progress = Progress()
+        if state is not None:
+            self._restore(state)
+        self.net = self._distributed(self.model)
+        self.order, self.loader, self.sampler = self._build_loader(train)
+        self.guard = StopGuard()
+        self.warned_stuck = False
+        self.last_save = time.monotonic()
 
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        self.model = model = _make_model(cfg, state, pretrained, train.classes)
+    # -- set-up steps, in the order __init__ calls them --
+
+    def _saved_state(self, resume: bool) -> dict | None:
+        if not resume and (self.out / STATE_FILE).exists():
+            raise SqueezeNetError(
+                f"{self.out}: already holds a run; pass --resume or choose another --out"
+            )
+        return load_state(self.out) if resume else None
+
+    @staticmethod
+    def _preset(state: dict | None, pretrained: nn.Module | None) -> Preprocess:
+        if state is not None:
+            return Preprocess.from_dict(state["preset"])
+        return pretrained.weights_info.preprocess if pretrained else get_preset("torchvision")
+
+    def _seed_everything(self) -> None:
+        random.seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+
+    def _build_model(self, state, pretrained, class_ids: list[str] | None) -> nn.Module:
+        cfg = self.cfg
+        model = _make_model(cfg, state, pretrained, class_ids)
         info = model.weights_info
         info.preprocess, info.num_classes = self.preset, cfg.num_classes
-        info.class_ids = train.classes
-        info.classes = _readable_names(train.classes) if train.classes else None
-        info.source, info.file_format, info.entry, info.sha256 = str(out), "safetensors", None, ""
+        info.class_ids = class_ids
+        info.classes = _readable_names(class_ids) if class_ids else None
+        info.source, info.file_format, info.entry, info.sha256 = (
+            str(self.out),
+            "safetensors",
+            None,
+            "",
+        )
         if cfg.freeze_features:
             model.features.requires_grad_(False)
-        model.to(env.device, memory_format=self.memory_format)
-        self.optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        )  # fmt: skip
-        self.micro, self.accum = _split_batch(cfg, env)
-        self.steps = len(train) // env.world // (self.micro * self.accum)
-        if self.steps == 0:
-            raise SqueezeNetError(
-                f"{cfg.data}/train: {len(train)} images are fewer than one global batch of "
-                f"{cfg.batch_size}; lower --batch-size"
-            )
-        total = self.steps * cfg.epochs
-        warm = round(cfg.warmup * total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warm, total)
-        )
-        self.prog = _Progress()
-        if state is not None:
-            model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.prog = _Progress(**state["progress"])
-            set_rng_states(state["rng"])
-        self.net = model
-        if env.world > 1:
-            ids = [env.device.index] if env.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids)
+        return model.to(self.procs.device, memory_format=self.memory_format)
 
-        self.keys = _Keys()
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """SGD; the classifier at ``lr``, the other layers at ``lr x backbone_lr``."""
+        cfg = self.cfg
+        head = {id(p) for p in self.model.get_classifier().parameters()}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if id(p) in head], "lr_scale": 1.0},
+            {"params": [p for p in trainable if id(p) not in head], "lr_scale": cfg.backbone_lr},
+        ]
+        return torch.optim.SGD(
+            [g for g in groups if g["params"]],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+
+    def _steps_per_epoch(self) -> int:
+        steps = self.n_train // self.procs.world // (self.micro * self.accum)
+        if steps == 0:
+            raise SqueezeNetError(
+                f"{self.cfg.data}: {self.n_train} training images are fewer than one global "
+                f"batch of {self.cfg.batch_size}; lower --batch-size"
+            )
+        return steps
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress.from_dict(state["progress"])
+        set_rng_states(state["rng"])
+
+    def _distributed(self, model: nn.Module) -> nn.Module:
+        if self.procs.world == 1:
+            return model
+        ids = [self.procs.device.index] if self.procs.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def _build_loader(self, train: ImageDataset):
+        cfg, procs = self.cfg, self.procs
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         workers = cfg.workers if cfg.workers is not None else min(4, (os.cpu_count() or 1) // local)
         transform = TrainTransform(cfg.image_size, self.preset, cfg.min_scale)
-        dataset = AugmentedDataset(train, transform, cfg.seed)
-        self.loader = DataLoader(
-            dataset, batch_size=self.micro, sampler=self.keys, num_workers=workers,
-            collate_fn=collate_skipping, pin_memory=env.device.type == "cuda",
-            persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+        cache = self._pixel_cache(train, workers) if cfg.cache else None
+        order = EpochOrder()
+        loader = DataLoader(
+            AugmentedDataset(train, transform, cfg.seed, cache),
+            batch_size=self.micro,
+            sampler=order,
+            num_workers=workers,
+            collate_fn=collate_skipping,
+            pin_memory=procs.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
             worker_init_fn=_ignore_sigint,
-        )  # fmt: skip
-        self.sampler = DistributedSampler(
-            train, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
-            drop_last=True,
-        )  # fmt: skip
-        self.guard = _StopGuard()
-        self.warned = False
-        self.last_save = time.monotonic()
+        )
+        sampler = DistributedSampler(
+            train, num_replicas=procs.world, rank=procs.rank, seed=cfg.seed, drop_last=True
+        )
+        return order, loader, sampler
+
+    def _pixel_cache(self, train: ImageDataset, workers: int) -> PixelCache:
+        """Training images decoded once at validation's resize side; rank 0 builds it."""
+        side = self.preset.resize
+
+        def build() -> PixelCache:
+            show = self.cfg.progress and self.procs.is_main
+            pixels = square_pixels(side)
+            return cached_pixels(train.files, side, pixels, "train", workers=workers, progress=show)
+
+        if self.procs.world == 1:
+            return build()
+        if self.procs.is_main:
+            cache = build()
+            dist.barrier()
+            return cache
+        dist.barrier()
+        return build()
+
+    # -- the run --
 
     def describe(self) -> str:
         cfg, head = self.cfg, self.model.weights_info.extra.get("head")
-        return (
-            f"training {cfg.arch} on {self.n_train} images of {cfg.num_classes} classes "
-            f"({self.steps} steps/epoch): global batch {cfg.batch_size} = {self.env.world} "
-            f"process(es) x {self.accum} accumulation x {self.micro}, lr {cfg.lr:g}, "
-            f"{cfg.image_size}px, {self.env.device}" + (f"; {head}" if head else "")
+        split = (
+            f"; val: {self.split['val_split']:.0%} of each class held out "
+            f"({len(self.val)} images, {self.out / SPLIT_FILE})"
+            if self.split
+            else ""
         )
+        mode = "fine-tuning" if cfg.weights else "from scratch"
+        return (
+            f"training {cfg.arch} ({mode}) on {self.n_train} images of {cfg.num_classes} classes "
+            f"({self.steps} steps/epoch x {cfg.epochs} epochs): global batch {cfg.batch_size} = "
+            f"{self.procs.world} process(es) x {self.accum} accumulation x {self.micro}, lr "
+            f"{cfg.lr:g}"
+            + (f" (pretrained layers x{cfg.backbone_lr:g})" if cfg.weights else "")
+            + f", {cfg.schedule}, {cfg.image_size}px, {self.procs.device}"
+            + (f"; {head}" if head else "")
+            + split
+        )
+
+    def fit(self, on_step: Callable[[int], None] | None = None) -> TrainResult:
+        if self.procs.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.split is not None:
+                atomic_write_bytes(self.out / SPLIT_FILE, json.dumps(self.split).encode())
+            print(self.describe(), file=sys.stderr)
+        with self.guard:
+            try:
+                if self.cfg.weights and not self.progress.history:
+                    self._record_epoch(*self._validate(), trained=False)  # the starting weights
+                while self.progress.epoch < self.cfg.epochs:
+                    snapshot = self._snapshot()
+                    try:
+                        self._train_epoch(on_step)
+                    except Diverged as e:
+                        self._recover(e, snapshot)
+                        continue
+                    self._record_epoch(*self._validate())
+            except KeyboardInterrupt:
+                if not self.guard.busy:  # between steps, model and optimizer are consistent
+                    self.save()
+                    if self.procs.is_main:
+                        where = f"epoch {self.progress.epoch + 1}, step {self.progress.step}"
+                        saved = self.out / STATE_FILE
+                        print(
+                            f"interrupted: saved {saved} ({where}); continue with --resume",
+                            file=sys.stderr,
+                        )
+                raise
+        info = self.model.weights_info
+        if self.procs.is_main and self.progress.confusion is not None:
+            names = info.classes or [str(i) for i in range(self.cfg.num_classes)]
+            plot_confusion(np.array(self.progress.confusion), names, self.out / "confusion.png")
+        return TrainResult(self.model, self.progress.history, self.progress.best_top1, self.out)
 
     def save(self) -> None:
         """Rank 0 writes last.safetensors and state.pt (both atomically)."""
         self.last_save = time.monotonic()
-        if not self.env.main:
+        if not self.procs.is_main:
             return
         save_model(self.model, self.out / "last.safetensors")
-        save_state(self.out, {
-            "config": dataclasses.asdict(self.cfg), "class_ids": self.model.weights_info.class_ids,
-            "n_train": self.n_train, "model_kwargs": self.model.weights_info.model_kwargs,
-            "preset": self.preset.to_dict(), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "progress": dataclasses.asdict(self.prog),
-        })  # fmt: skip
-
-    def fit(self, on_step: Callable[[int], None] | None = None) -> TrainResult:
-        if self.env.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            print(self.describe(), file=sys.stderr)
-        with self.guard:
-            try:
-                while self.prog.epoch < self.cfg.epochs:
-                    self._train_epoch(on_step)
-                    metrics, confusion = self._validate()
-                    self._end_epoch(metrics, confusion)
-            except KeyboardInterrupt:
-                if not self.guard.busy:  # between steps, model and optimizer are consistent
-                    self.save()
-                    if self.env.main:
-                        where = f"epoch {self.prog.epoch + 1}, step {self.prog.step}"
-                        print(f"interrupted: saved {self.out / STATE_FILE} ({where}); continue "
-                              "with --resume", file=sys.stderr)  # fmt: skip
-                raise
         info = self.model.weights_info
-        if self.env.main and self.prog.confusion is not None:
-            names = info.classes or [str(i) for i in range(self.cfg.num_classes)]
-            plot_confusion(self.prog.confusion, names, self.out / "confusion.png")
-        return TrainResult(self.model, self.prog.history, self.prog.best_top1, self.out)
+        save_state(
+            self.out,
+            {
+                "config": dataclasses.asdict(self.cfg),
+                "class_ids": info.class_ids,
+                "n_train": self.n_train,
+                "model_kwargs": info.model_kwargs,
+                "preset": self.preset.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "progress": dataclasses.asdict(self.progress),
+            },
+        )
+
+    def _snapshot(self) -> dict:
+        """The model, optimizer and progress at the start of an epoch, to return to."""
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "progress": dataclasses.asdict(self.progress),
+            }
+        )
+
+    def _recover(self, error: Diverged, snapshot: dict) -> None:
+        """Back to the epoch's start at a 10x lower rate, or the end of the run."""
+        retries = self.progress.retries + 1
+        if retries > MAX_RETRIES:
+            best = self.out / "best.safetensors"
+            note = f"; {best} holds the best weights so far" if best.exists() else ""
+            raise SqueezeNetError(
+                f"{error} after {MAX_RETRIES} retries at 10x lower rates: lower --lr{note}"
+            )
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.progress = Progress.from_dict(snapshot["progress"])
+        self.progress.lr_scale, self.progress.retries = self.progress.lr_scale / 10, retries
+        if self.procs.is_main:
+            _warn(
+                f"{error}: back to the start of epoch {self.progress.epoch + 1} with the rate "
+                f"x{self.progress.lr_scale:g} (retry {retries} of {MAX_RETRIES})"
+            )
+
+    def _set_lr(self) -> float:
+        """The rate of this step (warm-up and decay) on every parameter group; returns the peak."""
+        cfg, total = self.cfg, self.steps * self.cfg.epochs
+        factor = lr_factor(self.progress.step, round(cfg.warmup * total), total, cfg.schedule)
+        lr = cfg.lr * factor * self.progress.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        return lr
 
     def _train_epoch(self, on_step: Callable[[int], None] | None) -> None:
-        prog, cfg = self.prog, self.cfg
+        progress, cfg = self.progress, self.cfg
         per_step = self.micro * self.accum
-        self.sampler.set_epoch(prog.epoch)
-        order = list(self.sampler)[prog.pos * per_step : self.steps * per_step]
-        self.keys.keys = [(prog.epoch, i) for i in order]
+        self.sampler.set_epoch(progress.epoch)
+        order = list(self.sampler)[progress.step_in_epoch * per_step : self.steps * per_step]
+        self.order.keys = [(progress.epoch, i) for i in order]
         self.model.train()
         if cfg.freeze_features:
-            self.model.features.eval()
+            self.model.features.eval()  # frozen BatchNorm keeps its pretrained statistics
         batches = iter(self.loader)
         bar = tqdm(
-            total=self.steps, initial=prog.pos, desc=f"epoch {prog.epoch + 1}/{cfg.epochs}",
-            unit="step", disable=not (cfg.progress and self.env.main), dynamic_ncols=True,
-        )  # fmt: skip
-        while prog.pos < self.steps:
+            total=self.steps,
+            initial=progress.step_in_epoch,
+            desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not (cfg.progress and self.procs.is_main),
+            dynamic_ncols=True,
+        )
+        while progress.step_in_epoch < self.steps:
             self.guard.busy = True
             start = time.perf_counter()
             stop, totals = self._step(batches)
-            prog.step, prog.pos = prog.step + 1, prog.pos + 1
-            prog.totals = [a + b for a, b in zip(prog.totals, totals, strict=True)]
-            prog.train_time += time.perf_counter() - start
+            progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
+            progress.totals.add(totals)
+            progress.train_time += time.perf_counter() - start
             self.guard.busy = False
-            loss, acc = self._train_metrics()
+            seen = progress.totals
             bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1%}",
-                            img_s=f"{prog.totals[2] / prog.train_time:.0f}")  # fmt: skip
-            if prog.step % STUCK_CHECK_STEPS == 0:
-                self._check_stuck(loss, acc)
+            bar.set_postfix(
+                loss=f"{seen.mean_loss:.3f}",
+                acc=f"{seen.top1:.1%}",
+                img_s=f"{seen.seen / progress.train_time:.0f}",
+            )
+            if progress.step % STUCK_CHECK_STEPS == 0:
+                self._check_stuck(seen.mean_loss, seen.top1)
             if stop:
                 raise KeyboardInterrupt  # saved by fit()
-            if cfg.save_every and prog.step % cfg.save_every == 0:
+            if cfg.save_every and progress.step % cfg.save_every == 0:
                 self.save()
             elif time.monotonic() - self.last_save > SAVE_INTERVAL_S:
                 self.save()
             if on_step:
-                on_step(prog.step)
+                on_step(progress.step)
         bar.close()
 
-    def _step(self, batches) -> tuple[bool, list[float]]:
-        """One optimizer step over ``accum`` micro-batches; (stop requested, global totals)."""
-        env, prog = self.env, self.prog
-        torch.manual_seed(step_seed(self.cfg.seed, prog.step, env.rank))
-        stats = torch.zeros(6, dtype=torch.float64, device=env.device)  # stop, bad, totals
+    def _step(self, batches) -> tuple[bool, EpochTotals]:
+        """One optimizer step over ``accum`` micro-batches: (stop requested, totals of all)."""
+        procs, progress = self.procs, self.progress
+        torch.manual_seed(step_seed(self.cfg.seed, progress.step, procs.rank))
+        lr = self._set_lr()
+        # stop requested, loss sum, correct, seen, skipped: summed over processes at the end
+        sums = torch.zeros(5, dtype=torch.float64, device=procs.device)
         for k in range(self.accum):
             batch = next(batches)
             if batch is None:
-                if env.world > 1:
+                if procs.world > 1:
                     raise SqueezeNetError(
                         f"{self.cfg.data}: a whole micro-batch of {self.micro} images was "
                         "unreadable; remove the damaged files"
                     )
-                stats[5] += self.micro
+                sums[4] += self.micro
                 continue
             x, y, _, skipped = batch
-            x = x.to(env.device, non_blocking=True, memory_format=self.memory_format)
-            y = y.to(env.device, non_blocking=True)
-            sync = k == self.accum - 1 or env.world == 1
+            x = x.to(procs.device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(procs.device, non_blocking=True)
+            sync = k == self.accum - 1 or procs.world == 1
             with nullcontext() if sync else self.net.no_sync(), self.autocast:
                 logits = self.net(x).float()
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
                 (loss / self.accum).backward()
-            stats[2] += loss.detach() * len(y)
-            stats[3] += (logits.argmax(1) == y).sum()
-            stats[4] += len(y)
-            stats[5] += skipped
-        stats[0] = float(self.guard.requested)
-        stats[1] = float(not math.isfinite(stats[2].item()))
-        stop, bad, *totals = _all_reduce(stats, env).tolist()
-        if bad:
-            saved = self.out / STATE_FILE
-            note = f"; {saved} holds the last good checkpoint" if saved.exists() else ""
-            raise SqueezeNetError(
-                f"the loss became {totals[0] / max(totals[2], 1):.3g} at step {prog.step} (lr "
-                f"{self.scheduler.get_last_lr()[0]:.3g}): lower --lr{note}"
-            )
+            sums[1] += loss.detach() * len(y)
+            sums[2] += (logits.argmax(1) == y).sum()
+            sums[3] += len(y)
+            sums[4] += skipped
+        sums[0] = float(self.guard.requested)
+        stop, *rest = _sum_over_processes(sums, procs).tolist()
+        totals = EpochTotals(*rest)
+        if loss_diverged(totals.mean_loss, self.cfg.num_classes):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise Diverged(totals.mean_loss, progress.step, lr)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         return bool(stop), totals
-
-    def _train_metrics(self) -> tuple[float, float]:
-        n = max(self.prog.totals[2], 1)
-        return self.prog.totals[0] / n, self.prog.totals[1] / n
 
     def _check_stuck(self, loss: float, acc: float) -> bool:
         """Whether the loss sits at ln(classes); warn once, after the first epoch or 200 steps."""
         cfg = self.cfg
         stuck = loss_is_stuck(loss, acc, cfg.num_classes)
-        settled = self.prog.step >= STUCK_CHECK_STEPS or self.prog.epoch >= 1
-        if stuck and settled and not self.warned:
-            self.warned = True
+        settled = self.progress.step >= STUCK_CHECK_STEPS or self.progress.epoch >= 1
+        if stuck and settled and not self.warned_stuck:
+            self.warned_stuck = True
             _warn(
                 f"training loss {loss:.3f} is stuck at ln({cfg.num_classes}) = "
-                f"{math.log(cfg.num_classes):.3f} after {self.prog.step} steps: the network "
+                f"{math.log(cfg.num_classes):.3f} after {self.progress.step} steps: the network "
                 "outputs no signal (typical of networks without BatchNorm, like SqueezeNet, at too "
                 f"high a learning rate); try a lower --lr than {cfg.lr:g} or a *_bn architecture"
             )
@@ -573,63 +802,85 @@ class Trainer:
 
     def _validate(self) -> tuple[dict, np.ndarray]:
         """Loss, top-1/top-5 and confusion matrix on the validation split (sharded over ranks)."""
-        env, n_cls = self.env, self.cfg.num_classes
-        shard = _shard(self.val, env)
+        procs, n_cls = self.procs, self.cfg.num_classes
+        shard = _shard(self.val, procs)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(procs.device, memory_format=self.memory_format)
             with self.autocast:
-                return self.model(x.to(env.device, memory_format=self.memory_format)).float().cpu()
+                return self.model(x).float().cpu()
 
         self.model.eval()
         logits, skipped = run_inference(
-            forward, shard, batch_size=self.micro, workers=self.cfg.workers,
-            progress=self.cfg.progress and env.main, desc="validate",
-        )  # fmt: skip
+            forward,
+            shard,
+            batch_size=self.micro,
+            workers=self.cfg.workers,
+            progress=self.cfg.progress and procs.is_main,
+            desc="validate",
+        )
         keep = np.setdiff1d(np.arange(len(shard)), skipped)
         target = torch.from_numpy(np.asarray(shard.labels, np.int64)[keep])
         logits = torch.from_numpy(logits[keep]) if keep.size else torch.zeros(0, n_cls)
         top = logits.topk(min(5, n_cls), 1).indices
         confusion = torch.zeros(n_cls, n_cls, dtype=torch.float64)
-        confusion.index_put_((target, top[:, 0]), torch.ones(len(target), dtype=torch.float64),
-                             accumulate=True)  # fmt: skip
-        totals = torch.tensor([
-            F.cross_entropy(logits, target, reduction="sum").item() if keep.size else 0.0,
-            (top == target[:, None]).any(1).sum().item(), keep.size, len(skipped),
-        ], dtype=torch.float64)  # fmt: skip
-        both = _all_reduce(torch.cat([totals, confusion.flatten()]).to(env.device), env).cpu()
-        loss, top5, n, n_skipped = both[:4].tolist()
-        confusion = both[4:].reshape(n_cls, n_cls).numpy().astype(np.int64)
+        ones = torch.ones(len(target), dtype=torch.float64)
+        confusion.index_put_((target, top[:, 0]), ones, accumulate=True)
+        loss = F.cross_entropy(logits, target, reduction="sum").item() if keep.size else 0.0
+        in_top5 = (top == target[:, None]).any(1).sum().item()
+        sums = torch.tensor([loss, in_top5, keep.size, len(skipped)], dtype=torch.float64)
+        summed = _sum_over_processes(torch.cat([sums, confusion.flatten()]).to(procs.device), procs)
+        loss, in_top5, n, n_skipped = summed[:4].tolist()
+        confusion = summed[4:].cpu().reshape(n_cls, n_cls).numpy().astype(np.int64)
         n = max(n, 1)
-        return {
-            "val_loss": loss / n, "val_top1": float(np.trace(confusion)) / n, "val_top5": top5 / n,
-            "val_n": int(n), "val_skipped": int(n_skipped),
-        }, confusion  # fmt: skip
+        metrics = {
+            "val_loss": loss / n,
+            "val_top1": float(np.trace(confusion)) / n,
+            "val_top5": in_top5 / n,
+            "val_n": int(n),
+            "val_skipped": int(n_skipped),
+        }
+        return metrics, confusion
 
-    def _end_epoch(self, metrics: dict, confusion: np.ndarray) -> None:
-        """Record the epoch, write metrics, curves and checkpoints; uninterruptible."""
-        prog, cfg = self.prog, self.cfg
+    def _record_epoch(self, metrics: dict, confusion: np.ndarray, trained: bool = True) -> None:
+        """Record an epoch (untrained: epoch 0, the starting weights), write metrics, plots and
+        checkpoints; uninterruptible."""
+        progress, cfg = self.progress, self.cfg
         self.guard.busy = True
-        loss, acc = self._train_metrics()
+        seen = progress.totals
         row = {
-            "epoch": prog.epoch + 1, "step": prog.step, "lr": self.scheduler.get_last_lr()[0],
-            "train_loss": loss, "train_top1": acc, **metrics,
-            "train_images_per_s": prog.totals[2] / max(prog.train_time, 1e-9),
-            "train_skipped": int(prog.totals[3]), "stuck": self._check_stuck(loss, acc),
-        }  # fmt: skip
-        prog.history.append(row)
-        prog.confusion = confusion
-        if self.env.main:
+            "epoch": progress.epoch + 1 if trained else 0,
+            "step": progress.step,
+            "lr": self.optimizer.param_groups[0]["lr"] if trained else 0.0,
+            "train_loss": seen.mean_loss if trained else None,
+            "train_top1": seen.top1 if trained else None,
+            **metrics,
+            "train_images_per_s": seen.seen / max(progress.train_time, 1e-9) if trained else None,
+            "train_skipped": int(seen.skipped),
+            "stuck": self._check_stuck(seen.mean_loss, seen.top1) if trained else False,
+        }
+        progress.history.append(row)
+        progress.confusion = confusion.tolist()
+        if self.procs.is_main:
             _report_epoch(row, cfg)
-            if metrics["val_top1"] > prog.best_top1:
+            if metrics["val_top1"] > progress.best_top1:
                 save_model(self.model, self.out / "best.safetensors")
-            _write_jsonl(prog.history, self.out / "metrics.jsonl")
-            plot_curves(prog.history, self.out / "curves.png")
-        prog.best_top1 = max(prog.best_top1, metrics["val_top1"])
-        prog.epoch, prog.pos, prog.totals, prog.train_time = prog.epoch + 1, 0, [0.0] * 4, 0.0
+            lines = "".join(json.dumps(r) + "\n" for r in progress.history)
+            atomic_write_bytes(self.out / "metrics.jsonl", lines.encode())
+            plot_curves(_nan_for_none(progress.history), self.out / "curves.png")
+        progress.best_top1 = max(progress.best_top1, metrics["val_top1"])
+        if trained:
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            progress.totals, progress.train_time = EpochTotals(), 0.0
         self.save()
         self.guard.busy = False
         if self.guard.requested:
             raise KeyboardInterrupt
+
+
+def _nan_for_none(history: list[dict]) -> list[dict]:
+    """Epoch 0 has no training numbers: plotted as gaps."""
+    return [{k: math.nan if v is None else v for k, v in row.items()} for row in history]
 
 
 def train(
@@ -641,20 +892,23 @@ def train(
     optimizer step (and after any checkpoint it triggered). Under torchrun, every process calls
     this with the same config; rank 0 does all file I/O.
     """
-    env = _setup_env(cfg.device)
+    procs = _setup_processes(cfg.device)
     try:
-        return Trainer(cfg, env, resume).fit(on_step)
+        return Trainer(cfg, procs, resume).fit(on_step)
     finally:
-        if env.world > 1:
+        if procs.world > 1:
             dist.destroy_process_group()
 
 
 def _report_epoch(m: dict, cfg: TrainConfig) -> None:
+    val = f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.2%} top-5 {m['val_top5']:.2%}"
+    if m["epoch"] == 0:
+        tqdm.write(f"epoch 0 (the starting weights): {val}", file=sys.stderr)
+        return
     skipped = m["train_skipped"] + m["val_skipped"]
     note = f", {skipped} unreadable images skipped" if skipped else ""
     tqdm.write(
         f"epoch {m['epoch']}/{cfg.epochs}: train loss {m['train_loss']:.4f} top-1 "
-        f"{m['train_top1']:.2%} | val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.2%} "
-        f"top-5 {m['val_top5']:.2%} | {m['train_images_per_s']:.1f} img/s{note}",
+        f"{m['train_top1']:.2%} | {val} | {m['train_images_per_s']:.1f} img/s{note}",
         file=sys.stderr,
     )

@@ -1,0 +1,158 @@
+"""Decoded images kept on disk as one memory-mapped uint8 array, so a training epoch costs the
+network rather than the JPEG decoder.
+
+A cache holds a file list decoded once at one square side: ``(N, side, side, 3)`` uint8 RGB in
+a ``.npy`` file under ``$SQUEEZENET_HOME/cache``. Its name is a hash of what determines the
+pixels (each file's path, size and modification time, the side and the way of resizing), so a
+changed file or another resolution makes a new cache and an unchanged folder reuses the old one,
+across epochs and runs. A JSON file written last marks it complete and lists unreadable images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..errors import SqueezeNetError
+from ..io import atomic_write_bytes
+from .datasets import squeezenet_home
+from .transforms import center_crop, load_image, resize
+
+
+def cache_dir() -> Path:
+    return squeezenet_home() / "cache"
+
+
+class _Decode(Dataset):
+    """Decodes image ``i`` to ``(side, side, 3)`` uint8 with ``pixels``; None when unreadable."""
+
+    def __init__(self, files: Sequence[Path], pixels: Callable, draft: int) -> None:
+        self.files, self.pixels, self.draft = files, pixels, draft
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.pixels(load_image(self.files[i], self.draft))
+        except SqueezeNetError:
+            return i, None
+
+
+def _collate(batch):
+    return batch
+
+
+class PixelCache:
+    """Images ``0..N-1`` of one file list as uint8 arrays (``None`` for unreadable ones).
+
+    The array is opened lazily in each process, so DataLoader workers share the page cache
+    instead of copying the data.
+    """
+
+    def __init__(self, path: Path, bad: set[int]) -> None:
+        self.path, self.bad = path, bad
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def image(self, i: int) -> Image.Image | None:
+        return None if i in self.bad else Image.fromarray(np.asarray(self.array[i]))
+
+    def __getstate__(self) -> dict:  # never pickle the mapped pixels themselves
+        return {**self.__dict__, "_array": None}
+
+
+def square_pixels(side: int) -> Callable[[Image.Image], np.ndarray]:
+    """Short side to ``side``, then the central square: what training crops are taken from."""
+
+    def pixels(image: Image.Image) -> np.ndarray:
+        return np.asarray(center_crop(resize(image, side, square=False), side))
+
+    return pixels
+
+
+def cached_pixels(
+    files: Sequence[Path],
+    side: int,
+    pixels: Callable[[Image.Image], np.ndarray],
+    kind: str,
+    *,
+    draft: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> PixelCache:
+    """The cache of ``files`` decoded by ``pixels`` to ``side`` x ``side``: found or built.
+
+    ``kind`` names the way of resizing (part of the key: "train" crops and "val" presets at the
+    same side give different pixels); ``draft`` is the JPEG draft size (default ``side``).
+    """
+    key = hashlib.sha256(json.dumps([kind, side]).encode())
+    for f in files:
+        st = Path(f).stat() if Path(f).exists() else None
+        key.update(f"{Path(f).resolve()}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
+    base = cache_dir() / f"{kind}-{side}px-{len(files)}-{key.hexdigest()[:16]}"
+    done, data = base.with_suffix(".json"), base.with_suffix(".npy")
+    if done.is_file() and data.is_file():
+        return PixelCache(data, set(json.loads(done.read_text())["unreadable"]))
+    return _build(
+        files, pixels, draft or side, (len(files), side, side, 3), data, done, workers, progress
+    )
+
+
+def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, progress: bool):
+    need = int(np.prod(shape)) + 4096
+    data.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(data.parent).free
+    if free < need:
+        raise SqueezeNetError(
+            f"{data.parent}: the decoded-image cache needs {need / 1e6:,.0f} MB and the disk has "
+            f"{free / 1e6:,.0f} MB free; free space, set SQUEEZENET_HOME, or pass --no-cache"
+        )
+    tmp = data.with_name(f".{data.name}.tmp")
+    array = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+    bad: list[int] = []
+    loader = DataLoader(
+        _Decode(files, pixels, draft),
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+    )
+    with torch.inference_mode():
+        bar = tqdm(
+            total=len(files),
+            desc="decoding into the cache",
+            unit="img",
+            leave=False,
+            disable=not progress,
+        )
+        for batch in loader:
+            bar.update(len(batch))
+            for i, image in batch:
+                if image is None:
+                    bad.append(i)
+                else:
+                    array[i] = image
+    bar.close()
+    array.flush()
+    del array
+    tmp.replace(data)
+    atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
+    return PixelCache(data, set(bad))
