@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import squeezenet
+from squeezenet.errors import SqueezeNetError
+from squeezenet.inference import ray_predict
 from squeezenet.inference.pipeline import predict
 from squeezenet.inference.stream import completed_files, shard
 
@@ -172,3 +174,9 @@ def test_default_weights_are_said_or_how_to_get_them(shared, tmp_path):
     out = cli("predict", cat, env=env)
     assert out.returncode == 2 and "squeezenet download squeezenet1_1" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_ray_path_without_ray_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(SqueezeNetError, match=r"pip install 'squeezenet\[ray\]'"):
+        ray_predict.predict_dataset(None, "x")

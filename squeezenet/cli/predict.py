@@ -123,8 +123,10 @@ def run_predict(args: argparse.Namespace) -> int:
 def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator[Batch]:
     from ..inference.ray_predict import predict_ray
 
-    if args.calibration:
-        raise SqueezeNetError("--calibration is not supported with --ray; quantize the model first")
+    if args.calibration or args.save_logits:
+        raise SqueezeNetError(
+            "--ray takes neither --calibration (quantize the model first) nor --save-logits"
+        )
     return predict_ray(
         files, args.weights, backend=args.backend, topk=args.topk, batch_size=args.batch_size,
         address=args.ray or None, preprocess=args.preprocess, file_format=args.format,
