@@ -17,11 +17,17 @@ DEFAULT_ARCHS = "squeezenet1_0,squeezenet1_1,zfnet,alexnet"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare",
-        help="train archs from scratch with one recipe; table and bar chart",
-        description="Train each architecture from scratch with the same recipe and budget, then "
-        "write OUT/compare.md (Markdown table), compare.json and compare.png (bar chart).",
+        help="train archs from scratch, each by its own recipe; table and bar chart",
+        description="Train each architecture from scratch by its own recipe (options given "
+        "apply to all), then write OUT/compare.md (Markdown table), compare.json and "
+        "compare.png (bar chart).",
     )
-    p.add_argument("data", metavar="DATA", help="folder with train/ and val/")
+    p.add_argument("data", metavar="DATA", help="folder of class folders, or with train/ and val/")
+    p.add_argument(
+        "--same-recipe",
+        action="store_true",
+        help="train every arch with the first one's recipe instead of its own",
+    )
     p.add_argument(
         "--archs", default=DEFAULT_ARCHS, help=f"comma-separated (default {DEFAULT_ARCHS})"
     )
@@ -37,7 +43,7 @@ def run_compare(args: argparse.Namespace) -> None:
         raise SqueezeNetError(
             f"unknown architecture(s) {', '.join(unknown)}; see 'squeezenet list'"
         )
-    rows = compare(archs, config_from_args(args))
+    rows = compare(archs, config_from_args(args), same_recipe=args.same_recipe)
     if os.environ.get("RANK", "0") == "0":
         print(markdown_table(rows), end="")
         print(f"written: {Path(args.out) / 'compare.md'}, compare.json, compare.png")

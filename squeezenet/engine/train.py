@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class TrainResult:
     history: list[dict]
     best_top1: float
     run_dir: Path
+    config: TrainConfig  # with every recipe field resolved
 
 
 @dataclass
@@ -171,6 +173,7 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     best_top1: float = -1.0
     confusion: list[list[int]] | None = None  # of the last validation
+    first_loss: float | None = None  # of the run's first step: the yardstick of divergence
     lr_scale: float = 1.0  # 0.1 per recovered divergence
     retries: int = 0
 
@@ -242,9 +245,9 @@ def loss_is_stuck(loss: float, top1: float, num_classes: int) -> bool:
     return abs(loss - chance) < 0.02 * chance and top1 < 1.5 / num_classes
 
 
-def loss_diverged(loss: float, num_classes: int) -> bool:
-    """NaN, inf, or a mean loss over 4x that of a uniform guess (and over 10): no way back."""
-    return not math.isfinite(loss) or loss > max(10.0, 4 * math.log(num_classes))
+def loss_diverged(loss: float, reference: float) -> bool:
+    """NaN, inf, or 10x the ``reference`` loss (the run's first, or ln(classes) if larger)."""
+    return not math.isfinite(loss) or loss > 10 * reference
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -428,6 +431,15 @@ def _shard(val: ImageDataset, procs: Processes) -> ImageDataset:
     return ImageDataset(files, labels, val.transform, draft_size=val.draft_size)
 
 
+def _check_every_class_readable(train: ImageDataset, cache: PixelCache) -> None:
+    """A class whose training images are all unreadable is an error naming its folder."""
+    unreadable = Counter(train.labels[i] for i in cache.bad)
+    for label, count in Counter(train.labels).items():
+        if unreadable[label] == count:
+            folder = train.files[train.labels.index(label)].parent
+            raise SqueezeNetError(f"{folder}: no readable image among its {count} training images")
+
+
 def _warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -550,6 +562,8 @@ class Trainer:
         workers = cfg.workers if cfg.workers is not None else min(4, (os.cpu_count() or 1) // local)
         transform = TrainTransform(cfg.image_size, self.preset, cfg.min_scale)
         cache = self._pixel_cache(train, workers) if cfg.cache else None
+        if cache is not None:
+            _check_every_class_readable(train, cache)
         order = EpochOrder()
         loader = DataLoader(
             AugmentedDataset(train, transform, cfg.seed, cache),
@@ -640,7 +654,8 @@ class Trainer:
         if self.procs.is_main and self.progress.confusion is not None:
             names = info.classes or [str(i) for i in range(self.cfg.num_classes)]
             plot_confusion(np.array(self.progress.confusion), names, self.out / "confusion.png")
-        return TrainResult(self.model, self.progress.history, self.progress.best_top1, self.out)
+        progress = self.progress
+        return TrainResult(self.model, progress.history, progress.best_top1, self.out, self.cfg)
 
     def save(self) -> None:
         """Rank 0 writes last.safetensors and state.pt (both atomically)."""
@@ -778,7 +793,10 @@ class Trainer:
         sums[0] = float(self.guard.requested)
         stop, *rest = _sum_over_processes(sums, procs).tolist()
         totals = EpochTotals(*rest)
-        if loss_diverged(totals.mean_loss, self.cfg.num_classes):
+        if progress.first_loss is None and math.isfinite(totals.mean_loss):
+            progress.first_loss = totals.mean_loss
+        reference = max(progress.first_loss or 0.0, math.log(self.cfg.num_classes))
+        if loss_diverged(totals.mean_loss, reference):
             self.optimizer.zero_grad(set_to_none=True)
             raise Diverged(totals.mean_loss, progress.step, lr)
         self.optimizer.step()

@@ -1,0 +1,124 @@
+"""Training images/s end to end with the decoded-image cache against without it, side by side.
+
+Each round runs one epoch of ``squeezenet train`` with ``--no-cache`` and one with the cache
+(already built by a first, untimed run), same settings otherwise, and reads the epoch's
+training images/s from metrics.jsonl. The network alone (random tensors, same batch, same
+threads) gives the ceiling, so ``1 - end-to-end / network`` is the share of the time the steps
+spend waiting for images: decoding and augmentation.
+
+    .venv/bin/python benchmarks/train_cache.py ../shared/data/imagenette --per-class 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from squeezenet.models import build_model
+
+
+def subset(data: Path, per_class: int, root: Path) -> Path:
+    """``root/train`` and ``root/val`` with the first ``per_class`` images of each class (links)."""
+    for split, n in (("train", per_class), ("val", max(per_class // 4, 1))):
+        for cls in sorted(p for p in (data / split).iterdir() if p.is_dir()):
+            (root / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                (root / split / cls.name / f.name).symlink_to(f.resolve())
+    return root
+
+
+def epoch_rate(data: Path, out: Path, args, cache: bool) -> float:
+    cmd = [
+        sys.executable,
+        "-m",
+        "squeezenet",
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        "--arch",
+        args.arch,
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(args.batch),
+        "--image-size",
+        str(args.size),
+        "--workers",
+        str(args.workers),
+        "--no-progress",
+    ]
+    subprocess.run(cmd + ([] if cache else ["--no-cache"]), check=True, capture_output=True)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return row["train_images_per_s"]
+
+
+def network_rate(arch: str, batch: int, size: int, classes: int, steps: int = 4) -> float:
+    """SGD steps of the network alone on random tensors (channels_last fp32, as train runs)."""
+    model = build_model(arch, num_classes=classes).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+    rates = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            rates.append(batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("data", type=Path, help="a folder with train/ and val/ class folders")
+    p.add_argument("--per-class", type=int, default=100, help="training images per class")
+    p.add_argument("--arch", default="squeezenet1_1")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SQUEEZENET_HOME"] = f"{tmp}/home"  # a cache of its own, built once below
+        data = subset(args.data, args.per_class, Path(tmp) / "data")
+        classes = len(list((data / "train").iterdir()))
+        epoch_rate(data, Path(tmp) / "warm", args, cache=True)
+        rates: dict[str, list[float]] = {"no cache": [], "cache": [], "network alone": []}
+        for r in range(args.rounds):  # interleaved, so load changes hit every setting alike
+            for cache in (False, True):
+                out = Path(tmp) / f"run-{r}-{cache}"
+                rates["cache" if cache else "no cache"].append(epoch_rate(data, out, args, cache))
+            rates["network alone"].append(network_rate(args.arch, args.batch, args.size, classes))
+    load = os.getloadavg()[0]
+    print(
+        f"{args.arch}, {args.size}px, batch {args.batch}, {args.workers} workers, "
+        f"{torch.get_num_threads()} threads, {args.per_class} images/class, "
+        f"load average {load:.1f}"
+    )
+    net = statistics.median(rates["network alone"])
+    base = statistics.median(rates["no cache"])
+    print("| setting | img/s (each round) | median | vs no cache | time waiting for images |")
+    print("|---|---|---|---|---|")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        waiting = f"{max(0.0, 1 - rate / net):.0%}" if name != "network alone" else ""
+        print(
+            f"| {name} | {' / '.join(f'{v:.1f}' for v in values)} | {rate:.1f} | "
+            f"{rate / base:.2f}x | {waiting} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

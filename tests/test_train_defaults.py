@@ -1,0 +1,194 @@
+"""Training without options: recipes, the held-out split of a plain class-folder tree, the
+decoded-image cache, and a run that survives an absurd learning rate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train import CLASSES, NCNN, make_subset
+
+from squeezenet.cli import main
+from squeezenet.data.cache import cached_pixels, square_pixels
+from squeezenet.data.datasets import split_folder, stratified_split
+from squeezenet.data.transforms import load_image
+from squeezenet.engine.recipes import SCRATCH, finetune_recipe
+from squeezenet.engine.train import loss_diverged
+from squeezenet.errors import SqueezeNetError
+from squeezenet.models import list_models
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """One folder of 4 class folders (8 + 4 real Imagenette images each), no train/ or val/."""
+    from conftest import shared_path
+
+    split = make_subset(tmp_path_factory.mktemp("split"), shared_path, {"train": 8, "val": 4})
+    root = tmp_path_factory.mktemp("plain") / "photos"
+    for wnid in CLASSES:
+        (root / wnid).mkdir(parents=True)
+        for part in ("train", "val"):
+            for f in (split / part / wnid).iterdir():
+                shutil.copy(f, root / wnid / f.name)
+    return root
+
+
+def test_every_architecture_has_a_recipe():
+    assert set(SCRATCH) == set(list_models())
+
+
+def test_finetune_recipe_gives_small_folders_enough_steps():
+    # (images) -> (batch, epochs): at least 8 steps an epoch, about 450 steps in all
+    got = {n: (r.batch_size, r.epochs) for n in (100, 500, 9469) for r in [finetune_recipe(n)]}
+    assert got == {100: (8, 38), 500: (32, 30), 9469: (64, 3)}
+    assert finetune_recipe(500).lr_for(32) == pytest.approx(0.005)  # 0.01 at batch 64
+
+
+def test_divergence_rule():
+    assert loss_diverged(float("nan"), 2.3) and loss_diverged(float("inf"), 2.3)
+    assert loss_diverged(23.5, 2.3) and not loss_diverged(22.5, 2.3)
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class_on_both_sides():
+    labels = [0] * 10 + [1] * 5 + [2] * 2
+    names = ["a", "b", "c"]
+    train, val = stratified_split(labels, 0.2, 0, names)
+    assert sorted(train + val) == list(range(17))
+    assert [sum(labels[i] == k for i in val) for k in range(3)] == [2, 1, 1]
+    assert stratified_split(labels, 0.2, 0, names) == (train, val)
+    assert stratified_split(labels, 0.2, 1, names) != (train, val)
+    with pytest.raises(SqueezeNetError, match="class 'c' has 1 image"):
+        stratified_split(labels[:-1], 0.2, 0, names)
+    with pytest.raises(SqueezeNetError, match="--val-split must lie between 0 and 1"):
+        stratified_split(labels, 1.0, 0, names)
+
+
+def test_plain_tree_is_split_written_into_the_run_and_reused(plain, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(plain),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert "val: 20% of each class held out (8 images" in first_line
+    split = json.loads((run / "split.json").read_text())
+    assert split == split_folder(plain, 0.2, 0)  # the same seed gives the same split
+    assert len(split["train"]) == 40 and len(split["val"]) == 8
+    assert {f.split("/")[0] for f, _ in split["val"]} == set(CLASSES)  # every class in val
+    # evaluate pointed at the run measures its held-out share
+    best = str(run / "best.safetensors")
+    assert main(["evaluate", str(run), "--weights", best, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 8
+    # --resume reuses the saved split even if the folder gained images since
+    shutil.copy(next((plain / CLASSES[0]).iterdir()), plain / CLASSES[0] / "extra.JPEG")
+    try:
+        assert main(["train", str(plain), "--out", str(run), "--resume", "--epochs", "2"]) == 2
+        assert "--epochs 1 (asked 2)" in capsys.readouterr().err
+        assert main(["train", str(plain), "--out", str(run), "--resume"]) == 0
+    finally:
+        (plain / CLASSES[0] / "extra.JPEG").unlink()
+    assert json.loads((run / "split.json").read_text()) == split
+
+
+def test_val_split_with_a_train_val_tree_is_an_error(shared, tmp_path, capsys):
+    data = make_subset(tmp_path / "data", shared, {"train": 2, "val": 1})
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--val-split", "0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has train/ and val/ already" in err
+
+
+def test_class_without_a_readable_image_is_named(plain, tmp_path, capsys):
+    data = tmp_path / "photos"
+    shutil.copytree(plain, data)
+    for f in (data / CLASSES[1]).iterdir():
+        f.write_bytes(b"not an image")
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {data / CLASSES[1]}: no readable image among its 9 training images"
+
+
+def test_cache_holds_the_decoded_pixels_and_is_reused(plain, tmp_path):
+    files = sorted((plain / CLASSES[0]).iterdir())[:3]
+    cache = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    for i, f in enumerate(files):
+        want = square_pixels(40)(load_image(f, 40))
+        np.testing.assert_array_equal(np.asarray(cache.image(i)), want)
+    again = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    assert again.path == cache.path
+    other = cached_pixels(files, 48, square_pixels(48), "train", progress=False)
+    assert other.path != cache.path and other.array.shape == (3, 48, 48, 3)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    mixed = cached_pixels([files[0], broken], 40, square_pixels(40), "train", progress=False)
+    assert mixed.bad == {1} and mixed.image(1) is None
+
+
+def test_absurd_learning_rate_recovers_and_never_ruins_best(shared, tmp_path, capsys):
+    data = make_subset(tmp_path / "data", shared, {"train": 8, "val": 4})
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--weights",
+        str(shared(NCNN)),
+        "--lr",
+        "10",
+        "--epochs",
+        "2",
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert "back to the start of epoch 1 with the rate x0.1 (retry 1 of 3)" in err
+    assert "Traceback" not in err
+    assert code == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["epoch"] == 0
+    best = max(r["val_top1"] for r in rows)
+    assert best >= rows[0]["val_top1"]
+    assert (
+        main(["evaluate", str(data / "val"), "--weights", str(run / "best.safetensors"), "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(best)
