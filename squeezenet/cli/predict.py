@@ -160,9 +160,10 @@ def _write(args: argparse.Namespace, batches: Iterator[Batch], total: int, alrea
     logits, skipped, written, start = [], 0, 0, time.perf_counter()
     try:
         for batch in batches:
-            for reason in (reason for _, reason in batch.failures):
-                if args.strict:
-                    raise SqueezeNetError(reason)
+            stop = batch.failures[0][1] if args.strict and batch.failures else None
+            if stop:
+                batch = batch.until_first_failure()
+            for _, reason in batch.failures:
                 tqdm.write(f"squeezenet predict: skipped {_one_line(reason)}", file=sys.stderr)
             skipped += len(batch.failures)
             if writer:
@@ -173,6 +174,8 @@ def _write(args: argparse.Namespace, batches: Iterator[Batch], total: int, alrea
                 logits.append(batch.logits)
             written += len(batch.results)
             bar.update(len(batch.results) + len(batch.failures))
+            if stop:
+                raise SqueezeNetError(stop)
     finally:
         bar.close()
         if writer:

@@ -197,10 +197,12 @@ def predict_ray(
         )  # fmt: skip
         for table in predictions.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
             rows = table.to_pylist()
+            results = [{"file": r["file"], "top": r["top"]} for r in rows if r["error"] is None]
             yield Batch(
-                [{"file": r["file"], "top": r["top"]} for r in rows if r["error"] is None],
-                np.zeros((0, 0), np.float32),
+                results,
+                np.zeros((len(results), 0), np.float32),  # --ray does not bring logits back
                 [(r["file"], r["error"]) for r in rows if r["error"] is not None],
+                [r["file"] for r in rows],
             )
     finally:
         ray.shutdown()

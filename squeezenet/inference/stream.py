@@ -30,6 +30,13 @@ class Batch:
     results: list[dict]  # {"file", "top": [{"index", "label", "prob"}]}, as ``predict`` gives
     logits: np.ndarray  # (len(results), classes) float32
     failures: list[tuple[str, str]]  # (file, why it could not be read)
+    files: list[str]  # every input of the batch, in order
+
+    def until_first_failure(self) -> Batch:
+        """The results of the files before the first failure, which ``--strict`` still writes."""
+        keep = set(self.files[: self.files.index(self.failures[0][0])])
+        rows = [i for i, r in enumerate(self.results) if r["file"] in keep]
+        return Batch([self.results[i] for i in rows], self.logits[rows], [], sorted(keep))
 
 
 def predict_stream(
@@ -67,6 +74,7 @@ def predict_stream(
                 ],
                 logits,
                 [(files[i], _decode_error(files[i])) for i in missing],
+                files[start:stop],
             )
             start = stop
 

@@ -1,0 +1,115 @@
+"""``predict`` end to end against the network alone, and the Ray path against the single process.
+
+On the 650 imagenet-val images, side by side in rounds (fp32 ``auto`` backend, batch 32):
+
+* network only: the images decoded and preprocessed once (untimed), then batches of 32;
+* predict: ``predict_stream`` over the folder (decoding in worker processes while the network
+  runs, top-k per image) with every result appended to a JSON-lines file as ``--output`` does;
+* with ``--ray``: the start-up of a local Ray instance (``ray.init``), then ``predict_dataset``
+  over the same files on it, twice (the first pass also starts the actors and loads the model).
+
+    .venv/bin/python benchmarks/bench_predict.py [--rounds 3] [--threads 2] [--ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import squeezenet
+from squeezenet.data.datasets import ImageDataset, shared_dir
+from squeezenet.inference.backends import optimize
+from squeezenet.inference.stream import LineWriter, predict_stream
+
+WEIGHTS = [
+    "weights/deep-compression/compressed_SqueezeNet.net",
+    "weights/ncnn/squeezenet_v1.1.ncnn.param",
+]
+BATCH = 32
+
+
+def network_seconds(forward, images: torch.Tensor) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(images), BATCH):
+            forward(images[i : i + BATCH])
+    return time.perf_counter() - start
+
+
+def predict_seconds(model, forward, files: list[Path], out: Path, workers: int | None) -> float:
+    start = time.perf_counter()
+    with LineWriter(out) as writer:
+        for batch in predict_stream(
+            model, files, forward=forward, batch_size=BATCH, workers=workers
+        ):
+            writer.write([json.dumps(r) for r in batch.results])
+    seconds = time.perf_counter() - start
+    assert sum(1 for _ in out.open()) == len(files)
+    out.unlink()
+    return seconds
+
+
+def ray_rows(weights: Path, files: list[Path], threads: int) -> None:
+    """Start a local Ray instance; time it and two passes of ``predict_dataset``."""
+    import ray
+
+    from squeezenet.inference.ray_predict import predict_dataset
+
+    start = time.perf_counter()
+    ray.init(num_cpus=threads, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    init = time.perf_counter() - start
+    print(f"\nRay: ray.init(num_cpus={threads}) {init:.1f} s; {weights.name}, auto, {BATCH}/batch")
+    print("| pass | seconds | img/s |\n| --- | ---: | ---: |")
+    dataset = ray.data.from_items([{"path": str(f)} for f in files])
+    for n in (1, 2):
+        start = time.perf_counter()
+        rows = predict_dataset(dataset, str(weights), batch_size=BATCH).take_all()
+        seconds = time.perf_counter() - start
+        assert len(rows) == len(files)
+        print(f"| {n}{' (starts the actors)' if n == 1 else ''} | {seconds:.1f} | "
+              f"{len(files) / seconds:.0f} |")  # fmt: skip
+    ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--workers", type=int, help="decoding processes (default: predict's)")
+    parser.add_argument("--ray", action="store_true", help="also time the Ray path")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    files = sorted((shared_dir() / "data/imagenet-val/images").iterdir())
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {args.threads} thread(s)")
+    print("| weights | network img/s | predict img/s | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for weights in WEIGHTS:
+            model = squeezenet.load_model(shared_dir() / weights)
+            forward = optimize(model)
+            preprocess = model.weights_info.preprocess
+            images = ImageDataset(files, None, preprocess, draft_size=preprocess.resize)
+            batch = torch.stack([images[i][0] for i in range(len(images))])
+            network, predict = [], []
+            for _ in range(args.rounds):  # interleaved, so load changes hit both alike
+                network.append(network_seconds(forward, batch))
+                out = Path(tmp) / "out.jsonl"
+                predict.append(predict_seconds(model, forward, files, out, args.workers))
+            net = len(files) / statistics.median(network)
+            end = len(files) / statistics.median(predict)
+            print(f"| {Path(weights).name} | {net:.0f} | {end:.0f} | {end / net:.0%} |")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.ray:
+        ray_rows(shared_dir() / WEIGHTS[1], files, args.threads)
+
+
+if __name__ == "__main__":
+    main()
