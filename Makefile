@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e '.[test,ray]'
+	$(PIP) -e '.[test,ray,openvino]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,6 +23,7 @@ install-test: $(VENV)/.installed-test
 	   chromium chromium-driver >/dev/null)
 
 demo: install
+	$(PIP) -e '.[serve]'
 	$(VENV)/bin/squeezenet demo --shared $(SHARED)
 
 test: install-test

@@ -73,7 +73,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_module_logits_and_preprocessin
     assert optimize(runner, "auto") is runner
     with pytest.raises(SqueezeNetError, match="model.onnx: an fp32 graph; make an int8 one"):
         optimize(runner, "onnxruntime-int8")
-    with pytest.raises(SqueezeNetError, match="runs only with the onnxruntime backends"):
+    with pytest.raises(SqueezeNetError, match="only with the onnxruntime and openvino backends"):
         optimize(runner, "channels_last")
 
 

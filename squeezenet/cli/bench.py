@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..inference.backends import BACKENDS
+from ..inference.backends import installed_backends
 from ..inference.bench import bench, format_table
 from ..models import list_models
 from .common import parse_int_list
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="PATH_OR_NAME", help="weights (default: random)")
     p.add_argument("--batch", type=parse_int_list, default=[1, 20], help="e.g. 1,20")
     p.add_argument("--threads", type=parse_int_list, default=None, help="e.g. 1,2 (default: all)")
-    backends = [b for b in BACKENDS if b != "auto"]
+    backends = installed_backends()
     p.add_argument(
         "--backends", type=lambda s: s.split(","), default=backends,
         help=f"comma-separated subset of {','.join(backends)}",

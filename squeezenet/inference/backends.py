@@ -6,6 +6,8 @@
 * ``onnxruntime``: the ONNX export run by ONNX Runtime with all graph optimizations (its
   NCHWc kernels); the fastest fp32 backend here, so ``auto`` picks it.
 * ``onnxruntime-int8``: static int8 (QDQ, per-channel weights) calibrated on ``example``.
+* ``openvino``, ``openvino-int8``: the same two graphs run by OpenVINO's CPU plugin (the
+  optional extra ``pip install 'squeezenet[openvino]'``); in true fp32, not its default bf16.
 * ``cuda``: a copy on the GPU (NHWC, fp32 without TF32); batches go there and logits come back.
   Offered only where a CUDA GPU is visible.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +40,11 @@ from .export import input_shape, onnx_model, read_onnx
 from .fold import fold_batch_norm
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ["auto", "eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8"]
+OPENVINO_BACKENDS = ("openvino", "openvino-int8")
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", *OPENVINO_BACKENDS)  # run an ONNX graph
+INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8")  # calibrate on example=, or run int8 files
+BACKENDS = ["auto", "eager", "channels_last", "compile", *ONNX_BACKENDS]
 BACKENDS += ["cuda"] if torch.cuda.is_available() else []
-ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8")
 MICRO_BATCH = 4
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
@@ -49,6 +54,30 @@ def check_backend(backend: str) -> None:
         raise SqueezeNetError("backend 'cuda' needs a CUDA GPU; none is visible")
     if backend not in BACKENDS:
         raise SqueezeNetError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend in OPENVINO_BACKENDS:
+        import_openvino(backend)
+
+
+def import_openvino(backend: str = "openvino"):
+    """The ``openvino`` module, or a one-line error saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise SqueezeNetError(
+            f"backend {backend!r} needs OpenVINO: pip install 'squeezenet[openvino]'"
+        ) from None
+    return openvino
+
+
+def installed_backends() -> list[str]:
+    """The backends this machine can run (``auto`` left out): what ``bench`` times by default."""
+    openvino = importlib.util.find_spec("openvino") is not None
+    return [b for b in BACKENDS[1:] if openvino or b not in OPENVINO_BACKENDS]
+
+
+def runtime(backend: str) -> str:
+    """The library that runs an ONNX graph under ``backend``."""
+    return "openvino" if backend in OPENVINO_BACKENDS else "onnxruntime"
 
 
 def auto_backend() -> str:
@@ -69,11 +98,13 @@ def optimize(
     if isinstance(model, OnnxModel):
         if backend not in ("auto", *ONNX_BACKENDS):
             raise SqueezeNetError(
-                f"{model.path}: an ONNX file runs only with the onnxruntime backends, "
-                f"not {backend!r}"
+                f"{model.path}: an ONNX file runs only with the onnxruntime and openvino "
+                f"backends, not {backend!r}"
             )
-        if backend == "onnxruntime-int8" and not model.int8:
+        if backend in INT8_BACKENDS and not model.int8:
             raise SqueezeNetError(f"{model.path}: an fp32 graph; make an int8 one with quantize")
+        if backend != "auto" and runtime(backend) != model.runtime:
+            return model.run_with(runtime(backend))
         return model
     model = fold_batch_norm(model)  # eval mode; BatchNorm-free copy for the BatchNorm variants
     backend = auto_backend() if backend == "auto" else backend
@@ -165,12 +196,13 @@ def session(model: bytes | str, threads: int | None = None):
         raise SqueezeNetError(f"ONNX Runtime cannot run the model ({e})") from None
 
 
-def _run_session(model: bytes | str, micro_batch: int = MICRO_BATCH) -> Forward:
-    """Run a batch through ONNX Runtime ``micro_batch`` images at a time.
+def _run_session(model: bytes, micro_batch: int | None = None) -> Forward:
+    """Run a batch through ONNX Runtime ``micro_batch`` (default ``MICRO_BATCH``) images at a time.
 
     Small slices keep the activations in cache: at batch 20 on one thread this measured 6-13%
     faster than one call (the cache effect of docs/inference.md), and never slower.
     """
+    micro_batch = micro_batch or MICRO_BATCH
     runner = session(model)
     feed, fetch = runner.get_inputs()[0].name, runner.get_outputs()[0].name
 
@@ -185,28 +217,74 @@ def _run_session(model: bytes | str, micro_batch: int = MICRO_BATCH) -> Forward:
     return forward
 
 
-def _onnxruntime(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
-    return _run_session(onnx_model(model, example).SerializeToString())
+def _run_openvino(model: bytes, micro_batch: int | None = None) -> Forward:
+    """Run a batch through OpenVINO's CPU plugin, ``micro_batch`` (default: all) at a time.
+
+    ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AVX512-BF16 the plugin otherwise computes in
+    bfloat16 (1e-2 relative instead of 1e-6). Threads are not pinned to cores, which the image
+    decoding processes share. An infer request serves one call at a time: one per thread.
+    """
+    ov = import_openvino()
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False,
+    }
+    try:
+        graph = core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))  # weights are inside
+        compiled = core.compile_model(graph, "CPU", config)
+    except Exception as e:  # OpenVINO raises RuntimeError with its own message
+        raise SqueezeNetError(f"OpenVINO cannot run the model ({e})") from None
+    local = threading.local()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(local, "request"):
+            local.request = compiled.create_infer_request()
+        x = x.detach().contiguous().numpy()
+        step = micro_batch or len(x)
+        # infer() returns views of the request's output buffer: copy before the next call
+        out = [local.request.infer([x[i : i + step]])[0].copy() for i in range(0, len(x), step)]
+        return torch.from_numpy(np.concatenate(out))
+
+    return forward
 
 
-def _onnxruntime_int8(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+RUNTIMES = {"onnxruntime": _run_session, "openvino": _run_openvino}
+
+
+def _int8_graph(model: nn.Module, example: torch.Tensor | None, backend: str) -> bytes:
+    """The QDQ int8 graph calibrated on ``example``, as ``squeezenet quantize`` writes it."""
     from .quantize import quantize_onnx
 
     if example is None:
         raise SqueezeNetError(
-            "onnxruntime-int8 calibrates on real images: pass example= a batch of preprocessed "
+            f"{backend} calibrates on real images: pass example= a batch of preprocessed "
             "images (CLI: --calibration DIR), or run an int8 file made by 'squeezenet quantize'"
         )
-    quantized = quantize_onnx(onnx_model(model, example), example.numpy())
-    return _run_session(quantized.SerializeToString())
+    return quantize_onnx(onnx_model(model, example), example.numpy()).SerializeToString()
+
+
+def _onnx_builder(backend: str) -> Callable[[nn.Module, torch.Tensor | None, tuple], Forward]:
+    """Export (and for int8, quantize) the model, then run the graph with the backend's runtime."""
+
+    def build(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+        if backend in INT8_BACKENDS:
+            graph = _int8_graph(model, example, backend)
+        else:
+            graph = onnx_model(model, example).SerializeToString()
+        return RUNTIMES[runtime(backend)](graph)
+
+    return build
 
 
 BUILDERS = {
     "eager": _eager,
     "channels_last": _channels_last,
     "compile": _compile,
-    "onnxruntime": _onnxruntime,
-    "onnxruntime-int8": _onnxruntime_int8,
+    **{backend: _onnx_builder(backend) for backend in ONNX_BACKENDS},
     "cuda": _cuda,
 }
 
@@ -216,30 +294,41 @@ def is_int8(proto: onnx.ModelProto) -> bool:
 
 
 class OnnxModel(nn.Module):
-    """An .onnx file run as it is by ONNX Runtime; ``weights_info`` comes from its metadata.
+    """An .onnx file run as it is by ONNX Runtime (or ``runtime="openvino"``).
 
-    Files written by ``squeezenet export`` or ``squeezenet quantize`` carry their preprocessing
-    and labels; other files get ``preprocess`` (default ``torchvision``) and ImageNet labels
-    when they have 1,000 outputs. A graph with a fixed batch of 1 is run image by image.
+    ``weights_info`` comes from its metadata: files written by ``squeezenet export`` or
+    ``squeezenet quantize`` carry their preprocessing and labels; other files get
+    ``preprocess`` (default ``torchvision``) and ImageNet labels when they have 1,000 outputs.
+    A graph with a fixed batch of 1 is run image by image.
     """
 
     def __init__(
-        self, path: str | Path, proto: onnx.ModelProto | None = None, preprocess: str | None = None
+        self,
+        path: str | Path,
+        proto: onnx.ModelProto | None = None,
+        preprocess: str | None = None,
+        runtime: str = "onnxruntime",
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        proto = proto or read_onnx(self.path)
+        self.runtime = runtime
+        self._proto, self._preprocess = proto or read_onnx(self.path), preprocess
+        proto = self._proto
         self.int8 = is_int8(proto)
         dims = [d.dim_value or None for d in proto.graph.input[0].type.tensor_type.shape.dim]
         outputs = proto.graph.output[0].type.tensor_type.shape.dim
         if len(dims) != 4 or None in dims[1:] or dims[0] not in (None, 1):
             raise SqueezeNetError(f"{self.path}: input shape {dims} is not (N or 1, C, H, W)")
         self.weights_info = _info(metadata(proto), self.path, outputs[-1].dim_value, preprocess)
-        runner = _run_session(proto.SerializeToString(), dims[0] or MICRO_BATCH)
+        runner = RUNTIMES[runtime](proto.SerializeToString(), dims[0])
         self._forward = checked(runner, tuple(dims[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
+
+    def run_with(self, runtime: str) -> OnnxModel:
+        """The same file and preprocessing run by another runtime."""
+        return OnnxModel(self.path, self._proto, self._preprocess, runtime)
 
 
 def _info(meta: dict, path: Path, outputs: int, preprocess: str | None) -> WeightsInfo:
@@ -269,16 +358,20 @@ def _info(meta: dict, path: Path, outputs: int, preprocess: str | None) -> Weigh
 def open_onnx(spec: str | Path, backend: str, preprocess: str | None = None) -> OnnxModel | None:
     """The weights as an ``OnnxModel`` when they are an .onnx file to run as it is, else None.
 
-    Under ``auto`` and ``onnxruntime`` every .onnx file runs as it is; an int8 file runs only
-    so. An fp32 file under another backend is for ``load_model`` (rebuilt as a module).
+    Under ``auto``, ``onnxruntime`` and ``openvino`` every .onnx file runs as it is; an int8
+    file runs only so (by OpenVINO under the openvino backends). An fp32 file under another
+    backend is for ``load_model`` (rebuilt as a module).
     """
     path = Path(spec)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return None
+    check_backend(backend)
     proto = read_onnx(path)
     int8 = is_int8(proto)
     if int8 and backend not in ("auto", *ONNX_BACKENDS):
-        raise SqueezeNetError(f"{path}: an int8 ONNX graph runs only with onnxruntime-int8")
-    if int8 or backend in ("auto", "onnxruntime"):
-        return OnnxModel(path, proto, preprocess)
+        raise SqueezeNetError(
+            f"{path}: an int8 ONNX graph runs only with onnxruntime-int8 or openvino-int8"
+        )
+    if int8 or backend in ("auto", "onnxruntime", "openvino"):
+        return OnnxModel(path, proto, preprocess, runtime(backend))
     return None

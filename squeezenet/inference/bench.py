@@ -28,7 +28,7 @@ from ..data.transforms import Preprocess
 from ..errors import SqueezeNetError
 from ..models.stats import count_macs
 from ..weights.load import create_model, load_model
-from .backends import BACKENDS, check_backend, optimize
+from .backends import INT8_BACKENDS, check_backend, installed_backends, optimize
 
 FLOOR_SIZE = 2048  # side of the square matrices of the floor's products
 FLOOR = "floor"
@@ -93,7 +93,7 @@ def _backend_step(backend: str, arch, weights, calibration, batches) -> Callable
     preprocess = model.weights_info.preprocess
     inputs = {b: random_images(preprocess, b, seed=b) for b in batches}
     example = inputs[max(batches)]
-    if backend == "onnxruntime-int8" and calibration:
+    if backend in INT8_BACKENDS and calibration:
         from .quantize import calibration_images
 
         example = calibration_images(calibration, preprocess, progress=False)
@@ -210,7 +210,7 @@ def bench(
     progress: bool = True,
 ) -> dict:
     """Median seconds per batch of each backend, with the floor and peak memory; see module."""
-    backends = backends or [b for b in BACKENDS if b != "auto"]
+    backends = backends or installed_backends()
     threads = threads or [torch.get_num_threads()]
     for b in backends:
         check_backend(b)
