@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data.datasets import shared_dir, squeezenet_home
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS, open_onnx, optimize
+from ..inference.backends import BACKENDS, INT8_BACKENDS, open_onnx, optimize
 from ..inference.pipeline import evaluate
 from ..inference.stream import (
     Batch,
@@ -74,14 +74,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, help="image decoding processes (default: cores)")
-    p.add_argument("--calibration", metavar="DIR", help="images to calibrate onnxruntime-int8 on")
+    p.add_argument("--calibration", metavar="DIR", help="images to calibrate an int8 backend on")
 
 
 def _model_and_forward(args: argparse.Namespace) -> tuple:
     """The model (an .onnx file may run as it is) and its forward through --backend."""
     model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
     example = None
-    if args.calibration and args.backend == "onnxruntime-int8":
+    if args.calibration and args.backend in INT8_BACKENDS:
         from ..inference.quantize import calibration_images
 
         preprocess = model.weights_info.preprocess
