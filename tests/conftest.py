@@ -1,4 +1,5 @@
-"""Shared fixtures: where ../shared is, and skips with a clear reason when it is absent."""
+"""Shared fixtures: where ../shared is; skips with the reason when it is absent, fails when a
+file is missing from it."""
 
 from __future__ import annotations
 
@@ -15,13 +16,21 @@ def shared_dir() -> Path:
 
 
 def shared_path(relative: str) -> Path:
-    """Path of a file under ../shared, or skip the test saying where it was looked for."""
-    path = shared_dir() / relative
-    if not path.exists():
+    """Path of a file under ../shared.
+
+    Without the shared folder at all (a lone clone) the test is skipped, saying where it was
+    looked for; a file missing from a shared folder that exists fails the test, so that a typo
+    or a lost file cannot pass as a skip.
+    """
+    root = shared_dir()
+    if not root.is_dir():
         pytest.skip(
-            f"needs {relative} from the project's shared data at {shared_dir()} "
+            f"needs the project's shared data at {root} for {relative} "
             "(set SQUEEZENET_SHARED to point elsewhere)"
         )
+    path = root / relative
+    if not path.exists():
+        pytest.fail(f"{path} is missing from the shared data at {root}", pytrace=False)
     return path
 
 
