@@ -2,9 +2,10 @@
 
 A reader passes when every input ends either in a result or in the project's own error
 (``SqueezeNetError``, of which ``FormatError`` is one) with a one-line message naming the file,
-within ``SECONDS`` and without ``MEMORY`` more address space. Any other exception, a timeout,
-or a ``MemoryError`` fails the test. ``SQUEEZENET_FUZZ_REPORT=FILE`` appends the counts of
-outcomes per target and kind of input to FILE (tab-separated), for the notes.
+without ``MEMORY`` more address space. Any other exception or a ``MemoryError`` fails the
+test, and so does a hang: an alarm raises ``Hang`` in an input still running after ``SECONDS``
+(speed is measured in benchmarks/, never asserted here). ``SQUEEZENET_FUZZ_REPORT=FILE``
+appends the counts of outcomes per target and kind of input to FILE (tab-separated).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import resource
 import signal
 import struct
-import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from squeezenet.errors import SqueezeNetError
 
-SECONDS = 20  # per input; generous because the machine is shared
+SECONDS = 20  # alarm per input: only a hang gets near it, even on a shared machine
 MEMORY = 1 << 30  # address space an input may add
 FUZZ = settings(
     max_examples=100,
@@ -42,19 +42,19 @@ class Hang(BaseException):
     """Raised in the main thread when an input takes too long (no ``except Exception`` eats it)."""
 
 
-def _alarm(signum, frame):
-    raise Hang(f"no answer within {SECONDS} s")
-
-
 @contextmanager
-def bounded() -> Iterator[None]:
-    """Limit the address space to its current size + MEMORY, and the time to SECONDS."""
+def bounded(seconds: float = SECONDS) -> Iterator[None]:
+    """Limit the address space to its current size + MEMORY; raise Hang after ``seconds``."""
+
+    def alarm(signum, frame):
+        raise Hang(f"no answer within {seconds} s")
+
     with open("/proc/self/statm") as f:
         current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (current + MEMORY, hard))
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, SECONDS)
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
@@ -70,7 +70,6 @@ def check(
 
     Returns the error's message, or None when the input loaded.
     """
-    start = time.perf_counter()
     try:
         with bounded():
             run()
@@ -81,7 +80,6 @@ def check(
         OUTCOMES[target, kind, f"FAILED: {type(e).__name__}"] += 1
         raise
     OUTCOMES[target, kind, outcome] += 1
-    assert time.perf_counter() - start < SECONDS
     if outcome == "error":
         assert "\n" not in message and any(n in message for n in names), message
     assert not (must_fail and outcome == "loaded"), f"{target}: {kind} input was accepted"

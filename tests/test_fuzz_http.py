@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import socket
-import time
 
 import httpx
 import pytest
@@ -86,20 +85,14 @@ def post(client: TestClient, kind: str, **kwargs) -> None:
 @FUZZ
 @given(
     body=st.binary(max_size=2048),
-    content_type=st.sampled_from(CONTENT_TYPES) | st.text(max_size=40),
+    # Any text as UTF-8 bytes (httpx refuses non-ASCII str headers), so every example is sent.
+    content_type=st.sampled_from(CONTENT_TYPES) | st.text(max_size=40).map(str.encode),
     topk=st.none() | st.integers(-5, 2000).map(str) | st.text(max_size=8),
 )
 def test_random_bodies_types_and_topk(client, body, content_type, topk):
     headers = {"content-type": content_type} if content_type is not None else {}
     params = {"topk": topk} if topk is not None else {}
-    try:
-        request = client.build_request("POST", "/v1/classify", content=body, headers=headers,
-                                       params=params)  # fmt: skip
-    except (httpx.InvalidURL, UnicodeEncodeError, ValueError):
-        return  # not expressible as an HTTP request (e.g. a control character in a header)
-    with bounded():
-        reply = client.send(request)
-    answer_is_clean("random body/type/topk", reply)
+    post(client, "random body/type/topk", content=body, headers=headers, params=params)
 
 
 @settings(FUZZ, max_examples=150)
@@ -203,13 +196,11 @@ def test_lying_sizes_stalls_and_bad_framing_on_a_real_socket():
     ]
     with serving(app()) as url:
         for kind, request, status in cases:
-            start = time.perf_counter()
-            with bounded():
+            with bounded(LIMITS.timeout_s + 10):  # a stall must end in the server's 408
                 answer = raw_exchange(url, request)
             status_line = answer.split(b"\r\n", 1)[0]
             OUTCOMES["raw socket", kind, status_line.decode()] += 1
             assert status_line.startswith(f"HTTP/1.1 {status}".encode()), (kind, answer[:300])
             if status != 400:
                 assert b'{"detail":"' in answer, answer
-            assert time.perf_counter() - start < LIMITS.timeout_s + 10
         assert httpx.post(f"{url}/v1/classify", content=photo_bytes).status_code == 200

@@ -33,11 +33,7 @@ from squeezenet.weights.formats import (
     torchvision,
 )
 from squeezenet.weights.formats import onnx as onnx_format
-
-try:  # the .sqz container, where it exists
-    from squeezenet.compress import container
-except ImportError:
-    container = None
+from squeezenet.weights.formats import sqz as container
 
 
 @dataclass
@@ -103,10 +99,9 @@ def build_targets(tmp: Path) -> dict[str, Target]:
             {"v11.safetensors": written(v11, tmp, "v11.safetensors")}, safetensors.read
         ),
     }
-    if container is not None:
-        state = {k: v.numpy() for k, v in v11.state_dict().items()}
-        container.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
-        targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, container.read)
+    state = {k: v.numpy() for k, v in v11.state_dict().items()}
+    container.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
+    targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, container.read)
     return targets
 
 
@@ -133,7 +128,7 @@ def workdir(tmp_path_factory) -> Path:
 
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
-    "safetensors", *(["sqz"] if container else []),
+    "safetensors", "sqz",
 ]  # fmt: skip
 
 
