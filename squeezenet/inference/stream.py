@@ -140,25 +140,26 @@ def parse_shard(text: str) -> tuple[int, int]:
 def completed_files(output: str | Path) -> set[str]:
     """Files already in a JSON-lines output; a torn last line (a killed run) is cut off the file.
 
-    A missing file means nothing was done yet.
+    A missing file means nothing was done yet. The file is read line by line, not whole.
     """
     path = Path(output)
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) < len(data):
-        with open(path, "rb+") as f:  # drop the partial line so it is redone, not duplicated
-            f.truncate(len(whole))
-            os.fsync(f.fileno())
-    done = set()
-    for number, line in enumerate(whole.decode("utf-8", errors="replace").splitlines(), 1):
-        try:
-            done.add(json.loads(line)["file"])
-        except (ValueError, KeyError, TypeError):
-            raise SqueezeNetError(
-                f"{path}:{number}: not a result line of 'squeezenet predict'; cannot resume from it"
-            ) from None
+    done, whole = set(), 0  # whole: bytes up to the end of the last complete line
+    with open(path, "rb+") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):  # drop the partial line so it is redone, not doubled
+                f.truncate(whole)
+                os.fsync(f.fileno())
+                break
+            try:
+                done.add(json.loads(line)["file"])
+            except (ValueError, KeyError, TypeError):
+                raise SqueezeNetError(
+                    f"{path}:{number}: not a result line of 'squeezenet predict'; "
+                    "cannot resume from it"
+                ) from None
+            whole += len(line)
     return done
 
 
