@@ -30,10 +30,10 @@ from squeezenet.weights.formats import (
     deep_compression,
     ncnn,
     safetensors,
+    sqz,
     torchvision,
 )
 from squeezenet.weights.formats import onnx as onnx_format
-from squeezenet.weights.formats import sqz as container
 
 
 @dataclass
@@ -100,8 +100,8 @@ def build_targets(tmp: Path) -> dict[str, Target]:
         ),
     }
     state = {k: v.numpy() for k, v in v11.state_dict().items()}
-    container.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
-    targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, container.read)
+    sqz.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
+    targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, sqz.read)
     return targets
 
 
