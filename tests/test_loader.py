@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import squeezenet
+from squeezenet.data.transforms import load_image
 from squeezenet.errors import FormatError, SqueezeNetError
 from squeezenet.models import build_model
 from squeezenet.weights.entries import ENTRIES
@@ -75,6 +76,10 @@ def test_caffemodel_round_trip_reproduces_caffe_logits(shared, tmp_path, legacy)
     assert loaded.weights_info.model_kwargs == {"classifier_padding": 1}
     assert loaded.weights_info.preprocess.name == "caffe"
     assert_same_state(original, loaded)
+    photos = [shared(f"data/photos/{p}") for p in ("chelsea.png", "coffee.png")]
+    x = torch.stack([loaded.weights_info.preprocess(load_image(p)) for p in photos])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), original(x))
 
 
 def test_chainer_writer_round_trip(shared, tmp_path):

@@ -83,7 +83,10 @@ def test_chainer_file_reproduces_chainers_logits(shared):
     x = torch.from_numpy(np.load(shared("weights/chainer-seed-format/input.npy")))
     expected = torch.from_numpy(np.load(shared("weights/chainer-seed-format/logits.npy")))
     with torch.no_grad():
-        assert_rel_close(model(x), expected)
+        # float32: 4.7e-7 of the largest logit measured (5.7e-7 with other conv kernels)
+        assert_rel_close(model(x), expected, rel=1e-6)
+        # float64: only Chainer's own float32 rounding is left (1.9e-7 measured)
+        assert_rel_close(model.double()(x.double()), expected, rel=3e-7)
 
 
 @pytest.mark.parametrize("weights,top1,top5", [(DC, 0.705, 0.900), (NCNN, 0.731, 0.903)])
