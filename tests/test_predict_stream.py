@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import squeezenet
+from squeezenet.cli import main
 from squeezenet.errors import SqueezeNetError
 from squeezenet.inference import ray_predict
 from squeezenet.inference.pipeline import predict
@@ -178,7 +179,11 @@ def test_default_weights_are_said_or_how_to_get_them(shared, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_the_ray_path_without_ray_names_the_install_command(monkeypatch):
+def test_the_ray_path_without_ray_names_the_install_command(shared, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(SqueezeNetError, match=r"pip install 'squeezenet\[ray\]'"):
         ray_predict.predict_dataset(None, "x")
+    cat, weights = shared("data/photos/cat.jpg"), shared(NCNN)
+    assert main(["predict", str(cat), "--weights", str(weights), "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'squeezenet[ray]'" in err and len(err.strip().splitlines()) == 1

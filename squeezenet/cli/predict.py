@@ -121,8 +121,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator[Batch]:
-    from ..inference.ray_predict import predict_ray
+    from ..inference.ray_predict import predict_ray, require_ray
 
+    require_ray()  # now, not when the first batch is asked for
     if args.calibration or args.save_logits:
         raise SqueezeNetError(
             "--ray takes neither --calibration (quantize the model first) nor --save-logits"

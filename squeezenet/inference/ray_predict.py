@@ -34,7 +34,7 @@ from .stream import Batch
 INSTALL = "pip install 'squeezenet[ray]'"
 
 
-def _ray():
+def require_ray():
     """The ``ray`` module with Ray Data, or a one-line error saying how to install it."""
     try:
         import ray
@@ -142,7 +142,7 @@ def predict_dataset(
     then empty). ``actors``: a fixed number of model actors or a (min, max) range; default an
     autoscaling pool. Each actor runs ``backend`` on ``cpus_per_actor`` threads.
     """
-    ray = _ray()
+    ray = require_ray()
     model = _load(weights, backend, preprocess, file_format)  # fails here, once, if unreadable
     if isinstance(actors, int):
         pool = ray.data.ActorPoolStrategy(size=actors)
@@ -181,7 +181,7 @@ def predict_ray(
     ``address``: a running cluster (``ray start --head`` prints it); None: the cluster started on
     this machine, else a new local instance for this run.
     """
-    ray = _ray()
+    ray = require_ray()
     if not files:
         return
     ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
