@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ..weights.detect import FORMATS
+from ..weights.formats import FORMATS
 from ..weights.load import load_model
 
 

@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..compress.container import FLOAT_DTYPES, MAX_GAP_BITS
 from ..compress.pipeline import METHODS, Options, compress
 from ..compress.report import layer_table, plot, summary_table, to_json
 from ..errors import SqueezeNetError
+from ..weights.formats.sqz import FLOAT_DTYPES, MAX_GAP_BITS
 from .common import parse_int_list
 
 

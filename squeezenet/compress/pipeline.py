@@ -26,8 +26,8 @@ from torch import nn
 from ..data.datasets import imagenet_classes
 from ..errors import SqueezeNetError
 from ..inference.pipeline import evaluate
+from ..weights.formats import sqz as container
 from ..weights.load import load_model, save_model
-from . import container
 from .distill import Cache, cache_images, distill
 from .kmeans import codebooks, quantize
 from .prune import bake, density, layer_roles, prune, resolve_profile, schedule

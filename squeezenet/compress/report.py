@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..io import atomic_write_bytes
-from .container import Record
+from ..weights.formats.sqz import Record
 from .pipeline import Report, Result
 
 

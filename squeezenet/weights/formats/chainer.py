@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import FormatError
 from ...io import atomic_output
-from . import Layers
+from . import Contents, Hints, Layers
 
 LAYER_NAMES = [
     "conv1",
@@ -34,6 +34,22 @@ CONV = {"W": "weight", "b": "bias"}
 BN = {"gamma": "weight", "beta": "bias", "avg_mean": "running_mean", "avg_var": "running_var"}
 OPTIONAL = {"N": "num_batches_tracked"}
 MAX_ARRAY_BYTES = 1 << 28  # far above SqueezeNet's largest array (conv10/W, 2 MB)
+SUFFIXES = (".npz",)
+
+
+def sniff(head: bytes) -> bool:
+    return head[:4] == b"PK\x03\x04"  # any zip that torchvision did not claim first
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """The Chainer net's layers: SqueezeNet v1.0 with BatchNorm after each fire, Caffe input."""
+    return Contents(
+        layers=read(path), meta={"arch": "squeezenet1_0_chainer", "preprocess": "caffe"}
+    )
+
+
+def save(path: Path, contents: Contents) -> None:
+    write(path, contents.layers)
 
 
 def _names(layer: str) -> dict[str, str]:

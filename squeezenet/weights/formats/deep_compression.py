@@ -25,13 +25,44 @@ import numpy as np
 
 from ...errors import FormatError
 from ...io import atomic_write_bytes
-from . import Layers
+from . import Contents, Hints, Layers
+from ._prototxt import read_conv_specs
 
 LAYER_COUNT = 26
 CODEBOOK_SIZE = 256
 MAX_GAP = 15
 
+SUFFIXES = (".net",)
+
 Shapes = list[tuple[str, tuple[int, ...]]]
+
+
+def _squeezenet1_0_shapes() -> Shapes:
+    """SqueezeNet v1.0's conv shapes in file order, named as in its Caffe prototxt."""
+    fires = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]
+    shapes, channels = [("conv1", (96, 3, 7, 7))], 96
+    for n, (squeeze, expand) in enumerate(fires, 2):
+        shapes += [
+            (f"fire{n}/squeeze1x1", (squeeze, channels, 1, 1)),
+            (f"fire{n}/expand1x1", (expand, squeeze, 1, 1)),
+            (f"fire{n}/expand3x3", (expand, squeeze, 3, 3)),
+        ]
+        channels = 2 * expand
+    return shapes + [("conv10", (1000, channels, 1, 1))]
+
+
+def sniff(head: bytes) -> bool:
+    return False  # raw arrays, no magic bytes: the suffix decides
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """SqueezeNet v1.0 layers; shapes and conv10's padding from a prototxt when given."""
+    shapes, pad = _squeezenet1_0_shapes(), 1  # Caffe's v1.0 pads conv10 by 1
+    if hints.prototxt is not None:
+        specs = read_conv_specs(hints.prototxt)
+        shapes, pad = [(spec.name, spec.shape) for spec in specs], specs[-1].pad[0]
+    meta = {"arch": "squeezenet1_0", "model_kwargs": {"classifier_padding": pad}}
+    return Contents(layers=read(path, shapes), meta={**meta, "preprocess": "caffe"})
 
 
 @dataclass

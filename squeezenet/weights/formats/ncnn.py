@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FormatError
-from . import Layers
+from . import Contents, Hints, Layers
 
 MAGIC = "7767517"
+SUFFIXES = (".param",)
 TAG_FLOAT16 = 0x01306B47
 TAG_FLOAT32 = 0x00000000
 TAG_INT8 = 0x000D4B38
@@ -150,10 +151,6 @@ def _data_flow_order(path: Path, layers: list[NcnnLayer]) -> list[int]:
     return order
 
 
-def _bin_path(param_path: Path) -> Path:
-    return param_path.with_suffix(".bin")
-
-
 class _Bin:
     """Reads the .bin front to back, never past its end."""
 
@@ -224,7 +221,7 @@ def read(param_path: str | Path, bin_path: str | Path | None = None) -> Layers:
     for layer in layers:
         if layer.type in UNSUPPORTED:
             raise FormatError(f"{param_path}: layer {layer.name}: type {layer.type} unsupported")
-    weights = _Bin(Path(bin_path) if bin_path is not None else _bin_path(param_path))
+    weights = _Bin(Path(bin_path) if bin_path is not None else param_path.with_suffix(".bin"))
     arrays = {
         i: _read_layer(param_path, weights, layer)
         for i, layer in enumerate(layers)
@@ -234,6 +231,19 @@ def read(param_path: str | Path, bin_path: str | Path | None = None) -> Layers:
         extra = len(weights.data) - weights.offset
         raise FormatError(f"{weights.path}: {extra} bytes left over after the last layer")
     return [(layers[i].name, arrays[i]) for i in order if i in arrays]
+
+
+def sniff(head: bytes) -> bool:
+    return head.startswith(MAGIC.encode())
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """Layers from the ``.param`` and the ``.bin`` beside it; conv10's padding is param 4."""
+    layers = read(path)
+    convs = [layer for layer in read_param(path) if layer.type == "Convolution"]
+    pad = int(convs[-1].params.get(4, 0)) if convs else 0
+    meta = {"model_kwargs": {"classifier_padding": pad}, "preprocess": "torchvision"}
+    return Contents(layers=layers, meta=meta)
 
 
 def graph_summary(layers: list[NcnnLayer]) -> dict:

@@ -16,7 +16,9 @@ import onnx
 from onnx import numpy_helper
 
 from ...errors import FormatError
-from . import Layers
+from . import Contents, Hints, Layers
+
+SUFFIXES = (".onnx",)
 
 PARAMS = {
     "Conv": ("weight", "bias"),
@@ -56,12 +58,35 @@ def _layer(node: onnx.NodeProto, name: str, tensors: dict) -> dict[str, np.ndarr
     return params
 
 
+def sniff(head: bytes) -> bool:
+    return False  # a ModelProto has no magic bytes: the suffix decides
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """Layers in node order, with the metadata ``squeezenet export`` stores; for files from
+    elsewhere, conv10's padding from the last Conv's ``pads`` (Caffe's v1.0 has 1)."""
+    model = _load(path)
+    meta = metadata(model)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    pads = [list(a.ints) for a in convs[-1].attribute if a.name == "pads"] if convs else []
+    meta.setdefault("model_kwargs", {"classifier_padding": int(pads[0][0]) if pads else 0})
+    meta.setdefault("preprocess", "torchvision")
+    return Contents(layers=_layers(path, model), meta=meta)
+
+
 def read(path: str | Path) -> Layers:
     """[(node name, {"weight", "bias", ...})] for every weighted node, in graph order."""
+    return _layers(path, _load(path))
+
+
+def _load(path: str | Path) -> onnx.ModelProto:
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as e:  # the onnx/protobuf stack raises many kinds on bad bytes
         raise FormatError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+
+
+def _layers(path: str | Path, model: onnx.ModelProto) -> Layers:
     tensors = _constants(model.graph)
     layers: Layers = []
     try:

@@ -16,8 +16,24 @@ from safetensors.numpy import load_file, save_file
 
 from ...errors import FormatError
 from ...io import atomic_output
+from . import Contents, Hints
 
 META_KEY = "squeezenet"
+SUFFIXES = (".safetensors",)
+
+
+def sniff(head: bytes) -> bool:
+    return len(head) > 9 and head[8:9] == b"{"  # a little-endian header size, then JSON
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """The state dict and the metadata block (empty for files from elsewhere)."""
+    state, meta = read(path)
+    return Contents(state=state, meta=meta)
+
+
+def save(path: Path, contents: Contents) -> None:
+    write(path, contents.state, contents.meta)
 
 
 def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

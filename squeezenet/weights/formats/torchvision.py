@@ -9,6 +9,26 @@ import torch
 
 from ...errors import FormatError
 from ...io import atomic_output
+from . import Contents, Hints
+
+SUFFIXES = (".pth", ".pt")
+
+
+def sniff(head: bytes) -> bool:
+    """A pickle, or a ``torch.save`` zip (its first member is ``<archive>/data.pkl``)."""
+    if head[:1] == b"\x80":
+        return True
+    name_length = int.from_bytes(head[26:28], "little")
+    return head[:4] == b"PK\x03\x04" and head[30 : 30 + name_length].endswith(b"data.pkl")
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """The state dict; the arch is inferred from its keys and shapes."""
+    return Contents(state=read(path), meta={"preprocess": "torchvision"})
+
+
+def save(path: Path, contents: Contents) -> None:
+    write(path, contents.state)
 
 
 def read(path: str | Path) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import heapq
 
 import numpy as np
 
-from ..errors import FormatError
+from ...errors import FormatError
 
 MAX_LENGTH = 15  # lengths fit in 4 bits
 

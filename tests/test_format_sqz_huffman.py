@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from squeezenet.compress import huffman
 from squeezenet.errors import FormatError
+from squeezenet.weights.formats import _huffman as huffman
 
 
 @pytest.mark.parametrize(

@@ -28,18 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.transforms import get_preset
-from ..errors import FormatError
-from ..io import atomic_write_bytes
-from . import huffman
+from ...data.transforms import get_preset
+from ...errors import FormatError
+from ...io import atomic_write_bytes
+from . import Contents, Hints
+from ._codebook import FLOAT_DTYPES, MAX_GAP_BITS, decode, encode, table_bytes
 
 MAGIC = b"SQZ\x00"
 VERSION = 1
-FLOAT_DTYPES = {"float16": "<f2", "float32": "<f4"}
 DTYPES = {**FLOAT_DTYPES, "int64": "<i8"}
-MAX_GAP_BITS = 8
 MAX_HEADER = 1 << 24  # bytes of header JSON once inflated
 _PREAMBLE = struct.Struct("<4sHI")
+SUFFIXES = (".sqz",)
 
 
 @dataclass
@@ -69,78 +69,6 @@ class Record:
         return out
 
 
-def _nibbles(lengths: np.ndarray) -> bytes:
-    padded = np.append(lengths, 0) if len(lengths) % 2 else lengths
-    return (padded[0::2] << 4 | padded[1::2]).astype(np.uint8).tobytes()
-
-
-def _unnibble(data: bytes, count: int) -> np.ndarray:
-    packed = np.frombuffer(data, np.uint8)
-    return np.stack([packed >> 4, packed & 0xF], axis=1).reshape(-1)[:count]
-
-
-def _streams(codes: np.ndarray, positions: np.ndarray, numel: int, g: int):
-    """Entry codes and gaps (with fillers) for the nonzero ``positions`` and their ``codes``."""
-    if g == 0:
-        dense = np.zeros(numel, np.int64)
-        dense[positions] = codes
-        return dense, np.zeros(0, np.int64)
-    step = 1 << g
-    skipped = np.diff(positions, prepend=-1) - 1
-    fillers = skipped >> g
-    trailing = (numel - 1 - (positions[-1] if len(positions) else -1)) >> g
-    slots = np.cumsum(fillers + 1) - 1  # where each value lands among the entries
-    total = len(positions) + int(fillers.sum()) + trailing
-    gaps = np.full(total, step - 1, np.int64)
-    entry_codes = np.zeros(total, np.int64)
-    gaps[slots] = skipped & (step - 1)
-    entry_codes[slots] = codes
-    return entry_codes, gaps
-
-
-def _table_bytes(k: int, g: int) -> int:
-    return (k + 1) // 2 + ((1 << g) + 1) // 2 if g else (k + 1) // 2
-
-
-def _encode_shared(name, array, codebook, dtype, gap_bits) -> tuple[Record, bytes]:
-    """Codes of the nonzero values of ``array`` in ``codebook``, Huffman-coded with gaps."""
-    codebook = np.asarray(codebook, np.float32).reshape(-1)
-    if not 2 <= len(codebook) <= 256 or codebook[0] != 0:
-        raise ValueError(f"{name}: a codebook needs 2..256 values, the first 0.0")
-    flat = np.asarray(array, np.float32).reshape(-1)
-    positions = np.flatnonzero(flat)
-    values = flat[positions]
-    order = np.argsort(codebook[1:], kind="stable")
-    sorted_values = codebook[1:][order]
-    slot = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
-    if (sorted_values[slot] != values).any():
-        bad = values[sorted_values[slot] != values][0]
-        raise ValueError(f"{name}: value {float(bad)!r} is not in its codebook")
-    codes = order[slot] + 1
-    k, best = len(codebook), None
-    for g in [gap_bits] if gap_bits is not None else range(MAX_GAP_BITS + 1):
-        entry_codes, gaps = _streams(codes, positions, flat.size, g)
-        code_counts = np.bincount(entry_codes, minlength=k)
-        gap_counts = np.bincount(gaps, minlength=1 << g)
-        code_lengths = huffman.code_lengths(code_counts)
-        gap_lengths = huffman.code_lengths(gap_counts)
-        size = _table_bytes(k, g) + (huffman.encoded_bits(code_counts, code_lengths) + 7) // 8
-        size += (huffman.encoded_bits(gap_counts, gap_lengths) + 7) // 8
-        if best is None or size < best[0]:
-            best = (size, g, entry_codes, gaps, code_lengths, gap_lengths)
-    _, g, entry_codes, gaps, code_lengths, gap_lengths = best
-    code_data = huffman.encode(entry_codes, code_lengths)
-    gap_data = huffman.encode(gaps, gap_lengths) if g else b""
-    parts = [codebook.astype(FLOAT_DTYPES[dtype]).tobytes(), _nibbles(code_lengths)]
-    parts += [_nibbles(gap_lengths)] if g else []
-    payload = b"".join(parts + [code_data, gap_data])
-    record = Record(
-        name, tuple(array.shape), dtype, len(payload), k, g, len(entry_codes),
-        len(code_data), len(gap_data), nonzero=len(positions),
-    )  # fmt: skip
-    return record, payload
-
-
 def pack(
     state: dict[str, np.ndarray],
     meta: dict,
@@ -163,7 +91,9 @@ def pack(
     for name, array in state.items():
         array = np.asarray(array)
         if name in codebooks:
-            record, payload = _encode_shared(name, array, codebooks[name], dtype, gap_bits)
+            coded = encode(name, array, codebooks[name], dtype, gap_bits)
+            payload, k = coded.payload, int(np.size(codebooks[name]))
+            record = Record(name, tuple(array.shape), dtype, len(payload), k, *coded[1:])
         else:
             kind = "int64" if array.dtype.kind in "iub" else dtype
             payload = array.astype(DTYPES[kind]).tobytes()
@@ -182,6 +112,16 @@ def write(path: str | Path, state, meta, codebooks=None, **options) -> list[Reco
     data, records = pack(state, meta, codebooks, **options)
     atomic_write_bytes(path, data)
     return records
+
+
+def sniff(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
+def load(path: Path, hints: Hints) -> Contents:
+    """The dense state dict and the model's metadata (written by ``squeezenet compress``)."""
+    state, meta = read(path)
+    return Contents(state=state, meta=meta)
 
 
 def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -233,7 +173,15 @@ def unpack(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
         offset += r.nbytes
         if r.name in arrays:
             raise FormatError(f"tensor {r.name!r} appears twice")
-        arrays[r.name] = _decode_shared(r, chunk) if r.shared else _decode_dense(r, chunk)
+        if not r.shared:
+            arrays[r.name] = _decode_dense(r, chunk)
+            continue
+        try:
+            arrays[r.name] = decode(
+                chunk, r.shape, r.dtype, r.k, r.gap_bits, r.entries, r.code_bytes
+            )
+        except FormatError as e:
+            raise FormatError(f"tensor {r.name!r}: {e}") from None
     return arrays, meta
 
 
@@ -271,39 +219,13 @@ def _parse_record(raw) -> Record:
         raise FormatError(f"tensor {raw['name']!r}: {entries} entries for {numel} values")
     if g and (entries > 8 * gap_bytes or numel > (entries + 1) << g):
         raise FormatError(f"tensor {raw['name']!r}: {entries} entries cannot cover {numel} values")
-    nbytes = k * itemsize + _table_bytes(k, g) + code_bytes + gap_bytes
+    nbytes = k * itemsize + table_bytes(k, g) + code_bytes + gap_bytes
     return Record(raw["name"], shape, dtype, nbytes, k, g, entries, code_bytes, gap_bytes)
 
 
 def _decode_dense(r: Record, chunk: bytes) -> np.ndarray:
     array = np.frombuffer(chunk, DTYPES[r.dtype]).reshape(r.shape)
     return array.astype(np.int64 if r.dtype == "int64" else np.float32)
-
-
-def _decode_shared(r: Record, chunk: bytes) -> np.ndarray:
-    itemsize = np.dtype(FLOAT_DTYPES[r.dtype]).itemsize
-    codebook = np.frombuffer(chunk, FLOAT_DTYPES[r.dtype], r.k).astype(np.float32)
-    offset = r.k * itemsize
-    code_lengths = _unnibble(chunk[offset:], r.k)
-    offset += (r.k + 1) // 2
-    gap_lengths = _unnibble(chunk[offset:], 1 << r.gap_bits) if r.gap_bits else None
-    offset += ((1 << r.gap_bits) + 1) // 2 if r.gap_bits else 0
-    try:
-        codes = huffman.decode(chunk[offset : offset + r.code_bytes], code_lengths, r.entries)
-        offset += r.code_bytes
-        if not r.gap_bits:
-            return codebook[codes].reshape(r.shape)
-        gaps = huffman.decode(chunk[offset:], gap_lengths, r.entries)
-    except FormatError as e:
-        raise FormatError(f"tensor {r.name!r}: {e}") from None
-    numel = math.prod(r.shape)
-    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
-    last = positions[-1] if len(positions) else -1
-    if last >= numel or numel - 1 - last >= 1 << r.gap_bits:
-        raise FormatError(f"tensor {r.name!r}: entries cover {last + 1} of {numel} values")
-    weight = np.zeros(numel, np.float32)
-    weight[positions] = codebook[codes]
-    return weight.reshape(r.shape)
 
 
 def _check_meta(meta) -> dict:

@@ -1,4 +1,4 @@
-"""The .sqz container: exact round trips, Song Han's weights re-encoded, every damaged byte."""
+"""The .sqz format: exact round trips, Song Han's weights re-encoded, every damaged byte."""
 
 import json
 import struct
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import squeezenet
-from squeezenet.compress import container
 from squeezenet.data.transforms import get_preset
 from squeezenet.errors import FormatError
+from squeezenet.weights.formats import sqz as container
 
 META = {
     "arch": "squeezenet1_1",
