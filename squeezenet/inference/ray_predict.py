@@ -185,6 +185,7 @@ def predict_ray(
     if not files:
         return
     ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results in input order, like predict
