@@ -1,17 +1,18 @@
 """Caffe: ``.caffemodel`` (binary NetParameter) and ``.prototxt`` (protobuf text format).
 
-The binary side is a small protobuf wire-format reader/writer for the few caffe.proto fields
-that hold weights: ``NetParameter.layer`` (100, LayerParameter: name 1, type 2, blobs 7) and the
+The binary side reads and writes (with ``_protobuf``) the few caffe.proto fields that hold
+weights: ``NetParameter.layer`` (100, LayerParameter: name 1, type 2, blobs 7) and the
 legacy ``NetParameter.layers`` (2, V1LayerParameter: name 4, type 5 as an enum, blobs 6).
 ``BlobProto``: legacy num/channels/height/width 1-4, data 5, diff 6, shape 7 (BlobShape, dim 1),
 double_data 8. Packed and unpacked repeated fields are both accepted; other fields are skipped.
 
-Blob 0 is ``weight`` and blob 1 ``bias`` (flattened). A weight given by legacy 4-D dims keeps
-them, except that InnerProduct drops leading 1s, as Caffe's (1, 1, out, in) becomes (out, in).
-Caffe's BatchNorm blobs (mean, variance, scale factor) become ``running_mean`` and
-``running_var`` divided by the factor, as Caffe does; a Scale layer right after a BatchNorm
-gives that layer its ``weight`` and ``bias``. A message cut exactly at a layer boundary is
-still valid protobuf, so such a truncation can only show up as missing layers.
+Blob 0 is ``weight`` and blob 1 ``bias`` (flattened). Legacy 4-D dims are kept, except that
+InnerProduct drops leading 1s ((1, 1, out, in) becomes (out, in)). BatchNorm blobs (mean,
+variance, scale factor) become ``running_mean`` and ``running_var`` divided by the factor, as
+Caffe does; a Scale layer right after a BatchNorm gives it ``weight`` and ``bias``. A message
+cut exactly at a layer boundary is still valid protobuf: that truncation shows as missing layers.
+The prototxt side (``read_prototxt``, ``conv_specs``, ...) is in ``_prototxt``, shared with
+``deep_compression``, and re-exported here.
 """
 
 from __future__ import annotations
@@ -24,17 +25,8 @@ import numpy as np
 from ...errors import FormatError
 from ...io import atomic_write_bytes
 from . import Contents, Hints, Layers
-from ._protobuf import (
-    DecodeError,
-    encode_bytes,
-    encode_int,
-    encode_varint,
-    fields,
-    ints,
-    signed,
-    text,
-)
-from ._prototxt import (
+from . import _protobuf as pb
+from ._prototxt import (  # noqa: F401 (re-exported: the prototxt side of Caffe)
     ConvSpec,
     conv_shapes,
     conv_specs,
@@ -43,11 +35,6 @@ from ._prototxt import (
     read_conv_specs,
     read_prototxt,
 )
-
-__all__ = [  # the prototxt side lives in _prototxt, shared with deep_compression
-    "ConvSpec", "conv_shapes", "conv_specs", "parse_prototxt", "prototxt_layers",
-    "read_prototxt", "read_caffemodel", "write_caffemodel", "SUFFIXES", "sniff", "load", "save",
-]  # fmt: skip
 
 SUFFIXES = (".caffemodel",)
 
@@ -81,56 +68,56 @@ def _blob(buf: memoryview) -> np.ndarray:
     legacy = [0, 0, 0, 0]
     has_legacy = False
     data = {5: bytearray(), 8: bytearray()}
-    for field, wire, value in fields(buf):
+    for field, wire, value in pb.fields(buf):
         if field in (1, 2, 3, 4):
             if wire != 0:
-                raise DecodeError(f"blob dimension field {field} has wire type {wire}")
-            legacy[field - 1] = signed(value)
+                raise pb.DecodeError(f"blob dimension field {field} has wire type {wire}")
+            legacy[field - 1] = pb.signed(value)
             has_legacy = True
         elif field == 7 and wire == 2:
-            dims = [d for f, w, v in fields(value) if f == 1 for d in ints(w, v)]
+            dims = [d for f, w, v in pb.fields(value) if f == 1 for d in pb.ints(w, v)]
         elif field in data:
             if wire not in (2, 5 if field == 5 else 1):
-                raise DecodeError(f"blob data field {field} has wire type {wire}")
+                raise pb.DecodeError(f"blob data field {field} has wire type {wire}")
             data[field] += value
     # Caffe prefers the legacy dims whenever any of them is set.
     shape = legacy if has_legacy else (dims or [])
     if any(d < 0 for d in shape):
-        raise DecodeError(f"negative blob dimension {shape}")
+        raise pb.DecodeError(f"negative blob dimension {shape}")
     raw, dtype = (data[5], "<f4") if data[5] or not data[8] else (data[8], "<f8")
     itemsize = np.dtype(dtype).itemsize
     if len(raw) % itemsize or len(raw) // itemsize != math.prod(shape):
-        raise DecodeError(f"blob of shape {tuple(shape)} holds {len(raw) / itemsize:g} values")
+        raise pb.DecodeError(f"blob of shape {tuple(shape)} holds {len(raw) / itemsize:g} values")
     return np.frombuffer(raw, dtype).astype(dtype[1:], copy=False).reshape(shape)
 
 
 def _layer(buf: memoryview, v1: bool) -> tuple[str, str, list[np.ndarray]]:
     name_field, type_field, blob_field = (4, 5, 6) if v1 else (1, 2, 7)
     name, kind, blobs = "", "", []
-    for field, wire, value in fields(buf):
+    for field, wire, value in pb.fields(buf):
         if field == name_field:
-            name = text(value)
+            name = pb.text(value)
         elif field == type_field:
             if v1:
                 if wire != 0:
-                    raise DecodeError("a V1 layer type is not an enum")
+                    raise pb.DecodeError("a V1 layer type is not an enum")
                 kind = V1_TYPES.get(value, f"V1 type {value}")
             else:
-                kind = text(value)
+                kind = pb.text(value)
         elif field == blob_field:
             if wire != 2:
-                raise DecodeError(f"layer {name!r}: blob field has wire type {wire}")
+                raise pb.DecodeError(f"layer {name!r}: blob field has wire type {wire}")
             try:
                 blobs.append(_blob(value))
-            except DecodeError as e:
-                raise DecodeError(f"layer {name!r}: {e}") from None
+            except pb.DecodeError as e:
+                raise pb.DecodeError(f"layer {name!r}: {e}") from None
     return name, kind, blobs
 
 
 def _params(name: str, kind: str, blobs: list[np.ndarray]) -> dict[str, np.ndarray]:
     if kind == "BatchNorm":
         if len(blobs) != 3 or blobs[2].size != 1 or blobs[0].size != blobs[1].size:
-            raise DecodeError(
+            raise pb.DecodeError(
                 f"layer {name!r}: BatchNorm needs mean, variance and one scale factor"
             )
         factor = blobs[2].reshape(-1)[0]
@@ -140,9 +127,9 @@ def _params(name: str, kind: str, blobs: list[np.ndarray]) -> dict[str, np.ndarr
             mean, var = (mean * scale).astype(mean.dtype), (var * scale).astype(var.dtype)
         return {"running_mean": mean, "running_var": var}
     if kind not in _WEIGHTED:
-        raise DecodeError(f"layer {name!r}: unsupported layer type {kind!r} with weights")
+        raise pb.DecodeError(f"layer {name!r}: unsupported layer type {kind!r} with weights")
     if len(blobs) > 2:
-        raise DecodeError(f"layer {name!r}: {kind} with {len(blobs)} blobs")
+        raise pb.DecodeError(f"layer {name!r}: {kind} with {len(blobs)} blobs")
     weight = blobs[0]
     if kind == "Scale":
         weight = weight.reshape(-1)
@@ -163,11 +150,11 @@ def read_caffemodel(path: str | Path) -> Layers:
     layers: Layers = []
     previous = ""
     try:
-        for field, wire, value in fields(data):
+        for field, wire, value in pb.fields(data):
             if field not in (2, 100):
                 continue
             if wire != 2:
-                raise DecodeError(f"layer field has wire type {wire}")
+                raise pb.DecodeError(f"layer field has wire type {wire}")
             name, kind, blobs = _layer(value, v1=field == 2)
             if not blobs:
                 continue
@@ -177,7 +164,7 @@ def read_caffemodel(path: str | Path) -> Layers:
             else:
                 layers.append((name, params))
             previous = kind
-    except DecodeError as e:
+    except pb.DecodeError as e:
         raise FormatError(f"{path}: {e}") from None
     if not layers:
         raise FormatError(f"{path}: no layers with weights (not a Caffe model?)")
@@ -190,10 +177,12 @@ def _enc_blob(array: np.ndarray, legacy: bool) -> bytes:
         if array.ndim > 4:
             raise ValueError(f"a legacy blob has at most 4 dims, got shape {array.shape}")
         dims = (1,) * (4 - array.ndim) + array.shape
-        head = b"".join(encode_int(field, d) for field, d in enumerate(dims, 1))
+        head = b"".join(pb.encode_int(field, d) for field, d in enumerate(dims, 1))
     else:
-        head = encode_bytes(7, encode_bytes(1, b"".join(encode_varint(d) for d in array.shape)))
-    return head + encode_bytes(5, np.ascontiguousarray(array, "<f4").tobytes())
+        head = pb.encode_bytes(
+            7, pb.encode_bytes(1, b"".join(pb.encode_varint(d) for d in array.shape))
+        )
+    return head + pb.encode_bytes(5, np.ascontiguousarray(array, "<f4").tobytes())
 
 
 def _default_type(params: dict[str, np.ndarray]) -> str:
@@ -207,10 +196,14 @@ def _enc_layer(name: str, kind: str, blobs: list[np.ndarray], legacy: bool) -> b
         codes = {v: k for k, v in V1_TYPES.items()}
         if kind not in codes:
             raise ValueError(f"layer {name!r}: {kind} has no V1 layer type")
-        head = encode_bytes(4, name.encode()) + encode_int(5, codes[kind])
-        return encode_bytes(2, head + b"".join(encode_bytes(6, _enc_blob(b, True)) for b in blobs))
-    head = encode_bytes(1, name.encode()) + encode_bytes(2, kind.encode())
-    return encode_bytes(100, head + b"".join(encode_bytes(7, _enc_blob(b, False)) for b in blobs))
+        head = pb.encode_bytes(4, name.encode()) + pb.encode_int(5, codes[kind])
+        return pb.encode_bytes(
+            2, head + b"".join(pb.encode_bytes(6, _enc_blob(b, True)) for b in blobs)
+        )
+    head = pb.encode_bytes(1, name.encode()) + pb.encode_bytes(2, kind.encode())
+    return pb.encode_bytes(
+        100, head + b"".join(pb.encode_bytes(7, _enc_blob(b, False)) for b in blobs)
+    )
 
 
 def _enc_layers(name: str, kind: str, params: dict[str, np.ndarray], legacy: bool) -> bytes:
@@ -248,7 +241,7 @@ def write_caffemodel(
     """
     path = Path(path)
     try:
-        chunks = [encode_bytes(1, net_name.encode())] if net_name else []
+        chunks = [pb.encode_bytes(1, net_name.encode())] if net_name else []
         for name, params in layers:
             kind = (types or {}).get(name) or _default_type(params)
             chunks.append(_enc_layers(name, kind, params, legacy))
