@@ -242,3 +242,52 @@ def test_serve_cli_errors_are_one_line(capsys, argv, message):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_error_handlers_answer_one_line_of_json():
+    from fastapi.exceptions import RequestValidationError
+
+    from squeezenet.serve.errors import internal_error, invalid_request
+
+    problems = [
+        {"loc": ("query", "topk"), "msg": "Input should be greater than or equal to 1"},
+        {"loc": ("body",), "msg": "Field required"},
+    ]
+    reply = asyncio.run(invalid_request(None, RequestValidationError(problems)))
+    assert reply.status_code == 422
+    detail = "query topk: Input should be greater than or equal to 1; body: Field required"
+    assert reply.body == b'{"detail":"' + detail.encode() + b'"}'
+    reply = asyncio.run(internal_error(None, KeyError("secret")))
+    assert (reply.status_code, reply.body) == (500, b'{"detail":"internal error (KeyError)"}')
+
+
+def test_openapi_adds_what_classify_reads_by_hand_to_the_generated_schema():
+    from typing import Annotated
+
+    from pydantic import Field, TypeAdapter
+
+    from squeezenet.serve.openapi import IMAGE_BODY, topk_parameter
+
+    parameter = topk_parameter(TypeAdapter(Annotated[int, Field(ge=1, le=10)]))
+    assert parameter["name"] == "topk" and parameter["in"] == "query"
+    schema = {"type": "integer", "minimum": 1, "maximum": 10, "default": 5, "title": "Topk"}
+    assert parameter["schema"] == schema
+    assert set(IMAGE_BODY["content"]) == {
+        "multipart/form-data",
+        "image/*",
+        "application/octet-stream",
+    }
+
+
+def test_routes_serve_the_service_in_app_state(model):
+    """The handlers are plain functions of the request; the app only wires them."""
+    from squeezenet.serve.routes import Service, models
+
+    app = create_app(model, backend="eager", max_batch=2)
+    service = app.state.service
+    assert isinstance(service, Service) and service.info is model.weights_info
+    request = type("FakeRequest", (), {"app": app})()
+    [answer] = asyncio.run(models(request))["models"]
+    assert answer["serving"] == {"backend": "eager", "max_batch": 2, "max_wait_ms": 5.0}
+    limits = {"max_body_bytes": 20_000_000, "max_pixels": 25_000_000, "timeout_s": 30.0}
+    assert answer["limits"] == limits

@@ -1,8 +1,10 @@
-"""Prometheus text exposition (format 0.0.4) of the server's counters and histograms."""
+"""The server's counters and histograms, their Prometheus text (format 0.0.4), and the
+middleware that counts every answer."""
 
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -64,3 +66,29 @@ class Metrics:
         for histogram in (self.latency, self.batch_size, self.inference):
             lines += histogram.lines()
         return "\n".join(lines) + "\n"
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP answer by route and status, timing classify."""
+
+    def __init__(self, app, metrics: Metrics, routes: set[str]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope["path"] if scope["path"] in self.routes else "other"
+            self.metrics.requests[route, status] += 1
+            if route == "/v1/classify":
+                self.metrics.latency.observe(time.perf_counter() - start)
