@@ -34,9 +34,10 @@ class Batch:
 
     def until_first_failure(self) -> Batch:
         """The results of the files before the first failure, which ``--strict`` still writes."""
-        keep = set(self.files[: self.files.index(self.failures[0][0])])
+        before = self.files[: self.files.index(self.failures[0][0])]
+        keep = set(before)
         rows = [i for i, r in enumerate(self.results) if r["file"] in keep]
-        return Batch([self.results[i] for i in rows], self.logits[rows], [], sorted(keep))
+        return Batch([self.results[i] for i in rows], self.logits[rows], [], before)
 
 
 def predict_stream(
