@@ -48,7 +48,7 @@ def test_evaluate_json_on_an_image_folder_tree(shared, tmp_path):
     out = cli("evaluate", tmp_path, "--weights", shared(NCNN), "--json", "--workers", "0")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["n"] == 8 and result["top5"] >= 0.75 and 0.0 <= result["top1"] <= 1.0
+    assert (result["top1"], result["top5"], result["n"]) == (0.75, 0.875, 8)  # measured: 6, 7
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_user_errors_are_one_line_without_traceback(args, message):
 def test_corrupt_image_and_truncated_weights(shared, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     out = cli("predict", tmp_path / "bad.jpg", "--weights", shared(NCNN), "--workers", "0")
-    assert out.returncode == 2 and "bad.jpg: cannot decode image" in out.stderr
+    assert out.returncode == 1 and "bad.jpg: cannot decode image" in out.stderr  # skipped, named
     data = shared("weights/ncnn/squeezenet_v1.1.ncnn.bin").read_bytes()
     (tmp_path / "w.param").write_bytes(shared(NCNN).read_bytes())
     (tmp_path / "w.bin").write_bytes(data[: len(data) // 2])
