@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..compress.pipeline import METHODS, Options, compress
-from ..compress.report import layer_table, plot, summary_table, to_json
+from ..compress.report import layer_table, plot, search_table, summary_table, to_json
 from ..errors import SqueezeNetError
 from ..weights.formats.sqz import FLOAT_DTYPES, MAX_GAP_BITS
 from .common import parse_int_list
@@ -23,9 +23,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bits",
         type=parse_int_list,
-        default=list(defaults.bits),
         metavar="B[,B...]",
-        help="bits per weight code (1-8); several give OUT-<B>bit.sqz each (default 6)",
+        help="bits per weight code (1-8); several give OUT-<B>bit.sqz each (default 6); with "
+        "--target-bytes or --max-drop, the widths a layer may get (default 2-8)",
+    )
+    p.add_argument(
+        "--target-bytes",
+        type=int,
+        metavar="N",
+        help="the most accurate file of at most N bytes: bits and density per layer from "
+        "measured sensitivities, decided on a held-out split of --data",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="P",
+        help="the smallest file whose top-1 and top-5 on a held-out split of --data are within "
+        "P points of the original's",
+    )
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=defaults.holdout,
+        metavar="N",
+        help="images of --data held out for the search's decisions, never calibrated on "
+        f"(default {defaults.holdout})",
+    )
+    p.add_argument(
+        "--search-steps",
+        type=int,
+        default=defaults.search_steps,
+        metavar="N",
+        help=f"files compressed and evaluated by --max-drop's bisection (default "
+        f"{defaults.search_steps})",
     )
     p.add_argument(
         "--sparsity",
@@ -116,23 +146,30 @@ def run_compress(args: argparse.Namespace) -> None:
         raise SqueezeNetError(
             "--images, --batch-size, --prune-steps and --calibration must be at least 1"
         )
+    searching = args.target_bytes is not None or args.max_drop is not None
+    bits = tuple(args.bits) if args.bits else (Options.search_bits if searching else Options.bits)
     options = Options(
-        bits=tuple(args.bits), sparsity=args.sparsity, method=args.method,
+        bits=bits if not searching else Options.bits, sparsity=args.sparsity, method=args.method,
         calibration=args.calibration, data=args.data, eval_data=args.eval,
         teacher=args.teacher, images=args.images, prune_steps=args.prune_steps,
         prune_epochs=args.prune_epochs, prune_lr=args.prune_lr, epochs=args.epochs, lr=args.lr,
         temperature=args.temperature, label_weight=args.label_weight,
         batch_size=args.batch_size, dtype=args.dtype, gap_bits=args.gap_bits,
         resume=args.resume, seed=args.seed, device=args.device, progress=not args.json,
+        target_bytes=args.target_bytes, max_drop=args.max_drop, holdout=args.holdout,
+        search_bits=bits if searching else Options.search_bits, search_steps=args.search_steps,
     )  # fmt: skip
     report = compress(args.weights, args.output, options)
     plot_path = args.plot or Path(args.output).with_suffix(".png")
-    if args.eval:
+    plotted = args.eval or report.search is not None
+    if plotted:
         plot(report, plot_path)
     if args.json:
         print(json.dumps(to_json(report)))
         return
     for result in report.results:
         print(f"{result.path}:\n{layer_table(result)}\n")
+    if report.search is not None:
+        print(f"{search_table(report.search)}\n")
     print(summary_table(report))
-    print(f"{report.seconds / 60:.1f} min" + (f"; plot: {plot_path}" if args.eval else ""))
+    print(f"{report.seconds / 60:.1f} min" + (f"; plot: {plot_path}" if plotted else ""))

@@ -21,20 +21,25 @@ from .prune import bake, layer_roles
 def kmeans_1d(values: np.ndarray, k: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Centroids (k,) and the index of each value's centroid, from a linear initialisation.
 
-    One dimension makes each step exact and cheap: with sorted centroids, a value's nearest
-    one is found by bisecting the midpoints. Empty clusters keep their initial centroid.
+    One dimension makes each step exact and cheap: the values are sorted once, so a step only
+    bisects the k - 1 midpoints into them and sums each cluster's run with a cumulative sum
+    (O(k log n), not O(n)). Empty clusters keep their initial centroid.
     """
-    values = np.asarray(values, np.float64)
+    values = np.asarray(values, np.float64).reshape(-1)
     centroids = np.linspace(values.min(), values.max(), k) if len(values) else np.zeros(k)
-    assignment = np.zeros(len(values), np.int64)
+    ordered = np.sort(values)
+    prefix = np.concatenate([[0.0], np.cumsum(ordered)])
     for _ in range(iterations):
-        assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
-        sums = np.bincount(assignment, values, minlength=k)
-        counts = np.bincount(assignment, minlength=k)
+        # a value equal to a midpoint belongs to the lower cluster (as searchsorted below)
+        bounds = np.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2, side="right")
+        bounds = np.concatenate([[0], bounds, [len(ordered)]])
+        counts = np.diff(bounds)
+        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
         updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
         if np.allclose(updated, centroids, rtol=0, atol=1e-10):
             break
         centroids = updated
+    assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
     return centroids.astype(np.float32), assignment
 
 
@@ -69,6 +74,8 @@ def quantize(model: nn.Module, bits: int) -> None:
 
 def share(module: nn.Module, centroids: torch.Tensor, codes: torch.Tensor) -> None:
     """Make ``module.weight`` ``[0, *centroids][codes]``, with only the centroids trainable."""
+    if parametrize.is_parametrized(module, "weight"):  # shared again: replace, not stack
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     device = module.weight.device
     shared = SharedWeight(centroids.to(device), codes.to(device))
     parametrize.register_parametrization(module, "weight", shared, unsafe=True)

@@ -10,6 +10,10 @@ Two ways to prune and share weights (``method``):
 
 Either way the centroids are then fine-tuned by distillation, a ``.sqz`` file is written, and
 the file itself, as decoded by ``load_model``, is evaluated.
+
+With a byte budget (``target_bytes``) or an accuracy budget (``max_drop``) the bits and density
+of every layer are searched instead (``search``): measured layer sensitivities, a knapsack
+over the bytes, and real evaluations of a few allocations on a held-out split of ``data``.
 """
 
 from __future__ import annotations
@@ -26,12 +30,26 @@ from torch import nn
 from ..data.datasets import imagenet_classes
 from ..errors import SqueezeNetError
 from ..inference.pipeline import evaluate
+from ..io import atomic_write_bytes
 from ..weights.formats import sqz as container
 from ..weights.load import load_model, save_model
 from .distill import Cache, cache_images, distill
 from .kmeans import codebooks, quantize
 from .prune import bake, density, layer_roles, prune, resolve_profile, schedule
 from .reconstruct import reconstruct
+from .search import (
+    BITS,
+    DENSITIES,
+    EMPTY,
+    Choice,
+    Knapsack,
+    apply_plan,
+    encode,
+    heldout_accuracy,
+    sensitivities,
+    shrink_layer,
+    smallest_file,
+)  # fmt: skip
 
 METHODS = ("auto", "obs", "magnitude")
 
@@ -62,17 +80,50 @@ class Options:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    target_bytes: int | None = None  # the most accurate file of at most this many bytes
+    max_drop: float | None = None  # the smallest file within this many points (held out)
+    holdout: int = 500  # images of data held out for the search's decisions
+    search_bits: tuple[int, ...] = BITS  # bit widths a layer may get in a search
+    search_densities: tuple[float, ...] = DENSITIES  # fractions of its own density
+    search_steps: int = 6  # real evaluations of the bisection for max_drop
 
 
 @dataclass
 class Result:
     """One written ``.sqz`` file."""
 
-    bits: int
+    bits: int | None  # None: searched per layer (``choices``)
     path: Path
     size: int
     records: list[container.Record]
     accuracy: dict | None = None
+    choices: dict[str, Choice] | None = None
+
+
+@dataclass
+class Candidate:
+    """An allocation the search compressed for real and evaluated on the held-out split."""
+
+    choices: dict[str, Choice]
+    planned: int  # payload bytes the knapsack planned
+    predicted: float  # its predicted KL divergence of the logits
+    size: int = 0  # bytes of its file
+    accuracy: dict | None = None
+
+
+@dataclass
+class Search:
+    """What a budget search measured: the held-out split, the predicted frontier
+    (payload bytes, KL divergence), the candidates tried and the one written."""
+
+    target_bytes: int | None
+    max_drop: float | None
+    calibration: int
+    holdout: dict  # the original's accuracy on the held-out split
+    overhead: int  # bytes of the file with every weight pruned
+    frontier: list[tuple[int, float]]
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: Candidate | None = None
 
 
 @dataclass
@@ -83,6 +134,7 @@ class Report:
     before: dict | None = None
     results: list[Result] = field(default_factory=list)
     seconds: float = 0.0
+    search: Search | None = None
 
 
 def output_paths(output: Path, bits: tuple[int, ...]) -> list[Path]:
@@ -92,13 +144,17 @@ def output_paths(output: Path, bits: tuple[int, ...]) -> list[Path]:
     return [output.with_name(f"{output.stem}-{b}bit{output.suffix}") for b in bits]
 
 
-def _meta(model: nn.Module, options: Options, bits: int) -> dict:
+def _meta(model: nn.Module, options: Options, bits: int | None) -> dict:
     """The model's metadata, without the ImageNet class list (load_model restores it)."""
     meta = model.weights_info.to_meta()
     default = imagenet_classes()
     if default and meta["class_ids"] == default[0] and meta["classes"] == default[1]:
         meta["classes"] = meta["class_ids"] = None
-    meta["compression"] = {"bits": bits, "sparsity": options.sparsity}
+    if bits is None:
+        budget = {"target_bytes": options.target_bytes, "max_drop": options.max_drop}
+        meta["compression"] = {"bits": "per layer", **{k: v for k, v in budget.items() if v}}
+    else:
+        meta["compression"] = {"bits": bits, "sparsity": options.sparsity}
     return meta
 
 
@@ -168,7 +224,25 @@ def _settle(options: Options) -> Options:
         raise SqueezeNetError("--method obs needs images (--data) to see each layer's inputs")
     if options.epochs is None:  # after obs, distilling on a few classes cost accuracy
         options = replace(options, epochs=0.0 if options.method == "obs" else 2.0)
+    if options.target_bytes is not None or options.max_drop is not None:
+        _check_search(options)
     return options
+
+
+def _check_search(options: Options) -> None:
+    if options.target_bytes is not None and options.max_drop is not None:
+        raise SqueezeNetError("give --target-bytes or --max-drop, not both")
+    if options.data is None:
+        raise SqueezeNetError("a --target-bytes or --max-drop search needs images (--data)")
+    if options.method != "obs":
+        raise SqueezeNetError("a --target-bytes or --max-drop search prunes with obs, not "
+                              f"{options.method}")  # fmt: skip
+    if options.max_drop is not None and options.max_drop < 0:
+        raise SqueezeNetError(f"--max-drop must be at least 0 points, got {options.max_drop}")
+    if not all(2 <= b <= 8 for b in options.search_bits):
+        raise SqueezeNetError(f"a search gives layers 2 to 8 bits, got {options.search_bits}")
+    if min(options.holdout, options.search_steps) < 1:
+        raise SqueezeNetError("--holdout and --search-steps must be at least 1")
 
 
 def compress(weights: str | Path, output: str | Path, options: Options) -> Report:
@@ -185,9 +259,21 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
     densities = resolve_profile(options.sparsity, student)
     float32_size = 4 * sum(v.numel() for v in student.state_dict().values())
     report = Report(str(weights), float32_size, densities)
+    searching = options.target_bytes is not None or options.max_drop is not None
+    if searching:
+        floor = smallest_file(student, _meta(student, options, None), options.dtype)
+        if options.target_bytes is not None and options.target_bytes < floor:
+            raise SqueezeNetError(
+                f"--target-bytes {options.target_bytes:,}: below the {floor:,} bytes of "
+                f"{Path(weights).name} with every weight pruned (header, biases, checksum)"
+            )
     if options.eval_data is not None:
         _log(options, f"evaluating the original on {options.eval_data}")
         report.before = _evaluate(teacher, options)
+    if searching:
+        report.results.append(_search(student, teacher, output, options, report, floor))
+        report.seconds = time.time() - start
+        return report
     fine_tuning = options.epochs or (options.method == "magnitude" and options.prune_epochs)
     count = options.images if fine_tuning else 0
     if options.method == "obs":
@@ -223,3 +309,116 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
         report.results.append(result)
     report.seconds = time.time() - start
     return report
+
+
+def _search(
+    student: nn.Module, teacher: nn.Module, output: Path, options: Options, report: Report,
+    floor: int,
+) -> Result:  # fmt: skip
+    """Per-layer bits and densities for the budget (see ``search``); writes ``output``."""
+    cache = cache_images(
+        options.data, teacher, options.calibration + options.holdout, seed=options.seed,
+        batch_size=options.batch_size, progress=options.progress,
+    )  # fmt: skip
+    if len(cache) <= options.calibration:
+        raise SqueezeNetError(
+            f"{options.data}: {len(cache)} images, fewer than --calibration "
+            f"{options.calibration} plus a held-out split"
+        )
+    # the first images calibrate, the rest decide; both come from one seeded permutation
+    calibration, held = cache.images[: options.calibration], cache.images[options.calibration :]
+    labels = cache.labels[options.calibration :]
+    if (labels < 0).any():  # no labels in the model's classes: agreement with the original
+        labels = cache.targets[options.calibration :].float().argmax(1)
+    table = sensitivities(
+        student, calibration, bits=options.search_bits, densities=options.search_densities,
+        dtype=options.dtype, gap_bits=options.gap_bits, progress=options.progress,
+    )  # fmt: skip
+    knapsack = Knapsack(table)
+    overhead = floor - sum(next(o.nbytes for o in opts if o.choice == EMPTY)
+                           for opts in table.values())  # fmt: skip
+    meta = _meta(student, options, None)
+    search = Search(
+        options.target_bytes, options.max_drop, len(calibration),
+        heldout_accuracy(teacher, held, labels), overhead, knapsack.frontier(),
+    )  # fmt: skip
+    report.search = search
+
+    def attempt(choices: dict[str, Choice]) -> tuple[Candidate, bytes, list]:
+        planned, predicted = knapsack.cost(choices)
+        model = copy.deepcopy(student)
+        problems = apply_plan(model, calibration, choices, progress=options.progress)
+        data, records = encode(model, meta, options.dtype, options.gap_bits)
+        for role in reversed(choices):  # an overshoot (the header, other inputs): prune the
+            while options.target_bytes is not None and len(data) > options.target_bytes:
+                if choices[role] == EMPTY or choices[role].density == 0:  # last layers further
+                    break
+                choices[role] = shrink_layer(
+                    model, role, problems[role], choices[role], len(data) - options.target_bytes,
+                    options.dtype, options.gap_bits,
+                )  # fmt: skip
+                data, records = encode(model, meta, options.dtype, options.gap_bits)
+        candidate = Candidate(choices, planned, predicted, len(data))
+        candidate.accuracy = heldout_accuracy(model, held, labels)
+        search.candidates.append(candidate)
+        _log(options, f"{len(data):,} bytes: held-out top-1 {candidate.accuracy['top1']:.2%}, "
+                      f"top-5 {candidate.accuracy['top5']:.2%}")  # fmt: skip
+        return candidate, data, records
+
+    if options.target_bytes is not None:
+        best = _most_accurate(table, knapsack, options.target_bytes - overhead, attempt)
+    else:
+        best = _smallest_within(knapsack, floor - overhead, search, options, attempt)
+    search.chosen, data, records = best
+    atomic_write_bytes(output, data)
+    result = Result(None, output, len(data), records, choices=search.chosen.choices)
+    if options.eval_data is not None:
+        _log(options, f"evaluating {output}")
+        result.accuracy = _evaluate(_load(output, options), options)
+    return result
+
+
+def _score(attempt_result) -> tuple:
+    candidate = attempt_result[0]
+    return candidate.accuracy["top1"], candidate.accuracy["top5"], -candidate.size
+
+
+def _most_accurate(table, knapsack: Knapsack, budget: int, attempt):
+    """The better on the held-out split of two plans within ``budget``: bits and densities
+    per layer, and bits alone at each layer's own density (tried when its predicted error is
+    within twice the first's)."""
+    own = {role: options[0].choice.density for role, options in table.items()}
+    bits_only = Knapsack(table, allowed=lambda role, c: c.density in (own[role], 0.0))
+    plans = [p for p in (knapsack.plan(budget), bits_only.plan(budget)) if p is not None]
+    predicted = [knapsack.cost(p)[1] for p in plans]
+    tried = []
+    for plan, error in zip(plans, predicted, strict=True):
+        if plan not in [t[0].choices for t in tried] and error <= 2 * min(predicted):
+            tried.append(attempt(dict(plan)))
+    return max(tried, key=_score)
+
+
+def _smallest_within(knapsack: Knapsack, smallest: int, search: Search, options: Options, attempt):
+    """Bisection over the budget (geometric) for the smallest file whose held-out top-1 and
+    top-5 are within ``max_drop`` points of the original's."""
+    reference = search.holdout
+
+    def within(result) -> bool:
+        accuracy = result[0].accuracy
+        return all(100 * (reference[k] - accuracy[k]) <= options.max_drop for k in ("top1", "top5"))
+
+    high = knapsack.largest()
+    best = attempt(knapsack.plan(high))
+    if not within(best):
+        _log(options, f"no file is within {options.max_drop} points on the held-out split; "
+                      "writing the most accurate")  # fmt: skip
+        return best
+    low = max(smallest, high // 8)
+    for _ in range(options.search_steps - 1):
+        middle = int((low * high) ** 0.5)
+        result = attempt(knapsack.plan(middle))
+        if within(result):
+            high, best = middle, result
+        else:
+            low = middle
+    return best

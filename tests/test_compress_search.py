@@ -1,0 +1,129 @@
+"""``compress --target-bytes`` / ``--max-drop``: per-layer bits and densities under a budget."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+
+import squeezenet
+from squeezenet.cli import main
+from squeezenet.compress import prune
+from squeezenet.compress.pipeline import Options, compress
+from squeezenet.compress.report import layer_table
+from squeezenet.compress.search import UNIT, Choice, Knapsack, Option, record_bytes
+from squeezenet.weights.formats import sqz
+
+V11 = "weights/ncnn/squeezenet_v1.1.ncnn.param"
+# a small search: 8 calibration and 8 held-out images, two widths, two densities
+SMALL = dict(calibration=8, holdout=8, search_bits=(2, 4), search_densities=(1.0, 0.5))
+BUDGET = 200_000
+
+
+def test_knapsack_finds_the_least_error_within_every_budget():
+    rng = np.random.default_rng(0)
+    table = {
+        f"layer{i}": [
+            Option(Choice(b, 1.0), int(rng.integers(10, 400)), float(rng.random()))
+            for b in range(2, 6)
+        ]
+        for i in range(4)
+    }
+    knapsack = Knapsack(table)
+    for budget in range(0, 1700, 37):
+        plan = knapsack.plan(budget)
+        feasible = [
+            combo
+            for combo in itertools.product(*table.values())
+            if sum(UNIT * math.ceil(o.nbytes / UNIT) for o in combo) <= budget
+        ]
+        if not feasible:
+            assert plan is None
+            continue
+        nbytes, error = knapsack.cost(plan)
+        assert nbytes <= budget
+        assert error == pytest.approx(min(sum(o.error for o in c) for c in feasible))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A 10-class v1.1 (new head, as ``train`` saves it) compressed twice to 200,000 bytes
+    with the same seed, in two folders."""
+    torch.manual_seed(0)
+    model = squeezenet.create_model("squeezenet1_1", weights=shared_path(V11), num_classes=10)
+    weights = tmp_path_factory.mktemp("model") / "ten.safetensors"
+    squeezenet.save_model(model, weights)
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path_factory.mktemp(name) / "ten.sqz"
+        options = Options(data=shared_path("data/imagenette/train"), target_bytes=BUDGET,
+                          progress=False, **SMALL)  # fmt: skip
+        runs.append((out, compress(weights, out, options)))
+    return runs
+
+
+def test_target_bytes_is_honoured_and_the_report_is_the_file(searched):
+    out, report = searched[0]
+    (result,) = report.results
+    size = out.stat().st_size
+    assert result.size == size <= BUDGET
+    assert size > 0.97 * BUDGET  # the budget is used, not wasted
+    assert layer_table(result).splitlines()[-1].split()[-1] == f"{size:,d}"
+    _, records = sqz.pack(*_decoded(out))  # the records the report shows are the file's
+    assert [r.nbytes for r in result.records] == [r.nbytes for r in records]
+    model = squeezenet.load_model(out)
+    densities = prune.resolve_profile("keep", model)
+    layers = prune.layer_roles(model)
+    assert set(result.choices) == set(layers)
+    for role, choice in result.choices.items():
+        values = layers[role].weight.detach().numpy()
+        assert len(np.unique(values[values != 0])) <= 2**choice.bits - 1, role
+        assert densities[role] == pytest.approx(choice.density, abs=2e-3), role
+    assert len({c.bits for c in result.choices.values()}) > 1  # not one setting for all
+    chosen = report.search.chosen
+    assert chosen.size == size and chosen.accuracy["n"] == 8
+
+
+def _decoded(path):
+    arrays, meta = sqz.read(path)
+    books = {}
+    for name, array in arrays.items():
+        if name.endswith("weight"):
+            books[name] = np.concatenate([[0.0], np.unique(array[array != 0])]).astype(np.float32)
+    return arrays, meta, books
+
+
+def test_the_choice_is_deterministic_for_a_seed(searched):
+    (first, a), (second, b) = searched
+    assert a.results[0].choices == b.results[0].choices
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_below_the_fixed_overhead_says_why_in_one_line(tmp_path, capsys):
+    base = [
+        "compress", "--weights", str(shared_path(V11)), "-o", str(tmp_path / "x.sqz"),
+        "--data", str(shared_path("data/imagenette/train")),
+    ]  # fmt: skip
+    assert main([*base, "--target-bytes", "3000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--target-bytes 3,000: below the" in err and "every weight pruned" in err
+    assert len(err.splitlines()) == 1
+    assert main([*base, "--target-bytes", "3000", "--max-drop", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*base[:5], "--target-bytes", "300000"]) == 2
+    assert "needs images (--data)" in capsys.readouterr().err
+    assert main([*base, "--max-drop", "-1"]) == 2
+    assert "at least 0 points" in capsys.readouterr().err
+    assert not (tmp_path / "x.sqz").exists()
+
+
+@pytest.mark.parametrize("density", [1.0, 0.3, 0.004, 0.0])
+def test_record_bytes_are_the_containers(density):
+    rng = np.random.default_rng(1)
+    k = 16
+    codes = rng.integers(1, k, (64, 32, 3, 3)) * (rng.random((64, 32, 3, 3)) < density)
+    book = np.arange(k, dtype=np.float32)
+    _, (record,) = sqz.pack({"w": book[codes]}, {}, {"w": book})
+    assert record_bytes(torch.from_numpy(codes), k, "float16") == record.nbytes
