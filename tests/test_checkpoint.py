@@ -14,7 +14,7 @@ from squeezenet.models import build_model
 
 
 def test_a_training_state_round_trips_weights_only(tmp_path):
-    """Model, SGD and LambdaLR states, plain values and the RNG states load back unchanged."""
+    """Model, SGD and LambdaLR states, plain values, NumPy scalars and RNG states load back."""
     model = build_model("squeezenet1_1", num_classes=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     model(torch.randn(2, 3, 64, 64)).sum().backward()
@@ -25,10 +25,11 @@ def test_a_training_state_round_trips_weights_only(tmp_path):
         "config": {"lr": 0.1, "arch": "squeezenet1_1", "weights": None},
         "preset": {"mean": (0.485, 0.456, 0.406)}, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "progress": {"step": 3, "history": [{"val_top1": 0.5}], "confusion": confusion},
+        "progress": {"step": 3, "history": [{"val_top1": np.float64(0.5)}], "confusion": confusion},
     })  # fmt: skip
     state = load_state(tmp_path)
     assert state["progress"]["confusion"] == confusion
+    assert state["progress"]["history"] == [{"val_top1": 0.5}]
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
     for key, value in model.state_dict().items():
         assert torch.equal(state["model"][key], value), key

@@ -3,8 +3,8 @@
 ``RUN_DIR/state.pt`` holds everything ``--resume`` needs (config, model, optimizer, scheduler,
 epoch, step, metrics so far, RNG states); ``best.safetensors`` and ``last.safetensors`` beside
 it are ordinary weights files in the project's format. ``state.pt`` is read with
-``torch.load(weights_only=True)``: tensors, plain Python values and the NumPy RNG state load; any
-other pickled object, which could run code, is refused.
+``torch.load(weights_only=True)``: tensors, plain Python values and numeric NumPy arrays and
+scalars load; any other pickled object, which could run code, is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +21,24 @@ from ..io import atomic_output
 STATE_FILE = "state.pt"
 STATE_VERSION = 2  # 2: progress holds plain values only (named fields, no NumPy)
 
-# What a state holds beyond tensors and plain Python values: the NumPy RNG state (a uint32 array).
-_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+# Beyond tensors and plain Python values, a state may hold numeric NumPy arrays and scalars (the
+# NumPy RNG state is a uint32 array). Rebuilding those runs no code; object arrays stay refused.
+_NUMERIC_DTYPES = [
+    np.dtypes.BoolDType,
+    *(
+        getattr(np.dtypes, f"{kind}{bits}DType")
+        for kind in ("Int", "UInt")
+        for bits in (8, 16, 32, 64)
+    ),
+    *(getattr(np.dtypes, f"Float{bits}DType") for bits in (16, 32, 64)),
+]
+_NUMPY_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    np.ndarray,
+    np.dtype,
+    *_NUMERIC_DTYPES,
+]
 
 
 def rng_states() -> dict:
