@@ -55,8 +55,10 @@ def predict_stream(
     decoded is named in ``Batch.failures`` with the decoder's reason instead of stopping the run.
     """
     info = model.weights_info
+    preprocess = info.preprocess
     files = [str(f) for f in files]
-    dataset = ImageDataset(files, None, info.preprocess, draft_size=info.preprocess.resize)
+    # workers send uint8 pixels; each batch is normalised once here, as evaluate does
+    dataset = ImageDataset(files, None, preprocess.pixels, draft_size=preprocess.resize)
     forward = forward or model
     start = 0
     with torch.inference_mode():
@@ -66,7 +68,7 @@ def predict_stream(
                 index, logits = np.zeros(0, np.int64), np.zeros((0, info.num_classes), np.float32)
             else:
                 x, _, index, _ = batch
-                index, logits = index.numpy(), forward(x).float().numpy()
+                index, logits = index.numpy(), forward(preprocess.normalize(x)).float().numpy()
             missing = sorted(set(range(start, stop)) - set(index.tolist()))
             yield Batch(
                 [
