@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument(
         "--output", metavar="OUT.jsonl",
-        help="append the JSON lines to this file (flushed and fsynced batch by batch)",
+        help="append the JSON lines to this file (written batch by batch, fsynced every second)",
     )  # fmt: skip
     p.add_argument(
         "--resume", action="store_true", help="skip the files already in --output (after a kill)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,18 +168,22 @@ def completed_files(output: str | Path) -> set[str]:
 
 
 class LineWriter:
-    """Appends whole lines to a file: one write per chunk, flushed and fsynced.
+    """Appends whole lines to a file: one ``write`` per chunk, ``fsync`` at least every second.
 
-    Each chunk reaches the disk before the next batch is counted as done, so a killed run
-    loses at most the chunk being written, which ``completed_files`` then drops.
+    A chunk is in the kernel once ``write`` returns, so a killed process loses nothing written;
+    a machine that crashes loses at most the last ``sync_seconds`` (and perhaps leaves a torn
+    last line, which ``completed_files`` drops). Syncing every batch instead would cost about
+    5 ms a batch here, 8% of the time at 500 images/s.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, sync_seconds: float = 1.0) -> None:
         path = Path(path)
         if not path.parent.is_dir():
             raise SqueezeNetError(f"{path}: folder {path.parent} does not exist")
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self.sync_seconds = sync_seconds
+        self.synced = time.monotonic()
 
     def write(self, lines: Sequence[str]) -> None:
         if not lines:
@@ -187,9 +192,15 @@ class LineWriter:
         view = memoryview(data)
         while view:  # O_APPEND: a regular file takes it whole; loop on the rare short write
             view = view[os.write(self.fd, view) :]
+        if time.monotonic() - self.synced >= self.sync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
         os.fsync(self.fd)
+        self.synced = time.monotonic()
 
     def close(self) -> None:
+        self.sync()
         os.close(self.fd)
 
     def __enter__(self) -> LineWriter:
