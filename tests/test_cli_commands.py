@@ -78,19 +78,19 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
-def serve_entry_from(monkeypatch, name: str, url: str) -> None:
+def point_entry_at(monkeypatch, name: str, url: str) -> None:
     """Point a registered entry at another URL (a local file:// one), its hash unchanged."""
     monkeypatch.setitem(entries.ENTRIES, name, dataclasses.replace(entries.ENTRIES[name], url=url))
 
 
-def test_download_from_a_file_url_checks_the_hash_and_loads_by_name(shared, home, monkeypatch,
-                                                                     capsys):  # fmt: skip
+def test_download_from_a_file_url_checks_the_hash_and_loads_by_name(
+    shared, home, monkeypatch, capsys
+):
     name, source = "squeezenet1_0.deep_compression", shared(DC)
-    serve_entry_from(monkeypatch, name, source.as_uri())
+    point_entry_at(monkeypatch, name, source.as_uri())
     cached = home / "compressed_SqueezeNet.net"
-    assert run(capsys, "download", name).splitlines() == [
-        f"downloading {source.as_uri()}", f"{cached}: ok"
-    ]  # fmt: skip
+    printed = run(capsys, "download", name).splitlines()
+    assert printed == [f"downloading {source.as_uri()}", f"{cached}: ok"]
     assert cached.read_bytes() == source.read_bytes()
     assert run(capsys, "download", name).splitlines() == [f"{cached}: already present"]
     model = squeezenet.load_model(name)  # the name now finds the cached file
@@ -99,28 +99,30 @@ def test_download_from_a_file_url_checks_the_hash_and_loads_by_name(shared, home
     assert torch.equal(logits_of(model, x), logits_of(squeezenet.load_model(source), x))
 
 
-def test_download_with_a_prefilled_cache_fetches_nothing(shared, home, tmp_path, monkeypatch,
-                                                        capsys):  # fmt: skip
+def test_download_with_a_prefilled_cache_fetches_nothing(
+    shared, home, tmp_path, monkeypatch, capsys
+):
     name = "squeezenet1_1.ncnn"
     home.mkdir()
     for suffix in (".param", ".bin"):
-        (home / f"squeezenet_v1.1.ncnn{suffix}").write_bytes(shared(NCNN).with_suffix(suffix)
-                                                             .read_bytes())  # fmt: skip
-    serve_entry_from(monkeypatch, name, (tmp_path / "nowhere" / "squeezenet_v1.1.ncnn.param")
-                     .as_uri())  # fmt: skip
+        source = shared(NCNN).with_suffix(suffix)
+        (home / source.name).write_bytes(source.read_bytes())
+    nowhere = tmp_path / "nowhere" / "squeezenet_v1.1.ncnn.param"  # fetching it would fail
+    point_entry_at(monkeypatch, name, nowhere.as_uri())
     assert run(capsys, "download", name).splitlines() == [
         f"{home / 'squeezenet_v1.1.ncnn.param'}: already present",
         f"{home / 'squeezenet_v1.1.ncnn.bin'}: already present",
     ]
 
 
-def test_download_of_a_file_with_another_hash_fails_and_leaves_nothing(shared, home, monkeypatch,
-                                                                        capsys):  # fmt: skip
+def test_download_of_a_file_with_another_hash_fails_and_leaves_nothing(
+    shared, home, monkeypatch, capsys
+):
     name = "squeezenet1_0.deep_compression"
     other = home.parent / "elsewhere" / "compressed_SqueezeNet.net"
     other.parent.mkdir()
     other.write_bytes(shared(DC).read_bytes()[:-1] + b"\0")  # one byte changed
-    serve_entry_from(monkeypatch, name, other.as_uri())
+    point_entry_at(monkeypatch, name, other.as_uri())
     assert main(["download", name]) == 2
     assert "does not match e4ab6960" in capsys.readouterr().err
     assert list(home.iterdir()) == []
@@ -129,9 +131,8 @@ def test_download_of_a_file_with_another_hash_fails_and_leaves_nothing(shared, h
 def test_bench_reports_each_backend_against_the_floor(capsys):
     argv = ["--arch", "squeezenet1_1", "--batch", "1", "--threads", "1", "--backends", "eager"]
     result = json.loads(run(capsys, "bench", *argv, "--repeats", "1", "--json"))
-    assert (result["arch"], result["weights"], result["image_size"], result["repeats"]) == (
-        "squeezenet1_1", None, 224, 1
-    )  # fmt: skip
+    described = (result["arch"], result["weights"], result["image_size"], result["repeats"])
+    assert described == ("squeezenet1_1", None, 224, 1)
     assert result["macs"] == 349_151_936  # `squeezenet info squeezenet1_1`: 0.349 G
     [row] = result["rows"]
     assert (row["backend"], row["threads"], row["batch"], row["vs_eager"]) == ("eager", 1, 1, 1.0)
@@ -156,8 +157,9 @@ def mini_shared(shared, root: Path, n_val: int = 10) -> Path:
     return root
 
 
-def test_demo_classifies_the_photos_and_evaluates_both_weights(shared, tmp_path, home,
-                                                               monkeypatch, capsys):  # fmt: skip
+def test_demo_classifies_the_photos_and_evaluates_both_weights(
+    shared, tmp_path, home, monkeypatch, capsys
+):
     root = mini_shared(shared, tmp_path / "shared")
     monkeypatch.setenv("SQUEEZENET_SHARED", str(root))
     lines = run(capsys, "demo", "--shared", root).splitlines()
@@ -195,8 +197,9 @@ def test_export_torchscript_with_a_dynamic_batch_gives_the_model_logits(shared, 
     [(NCNN, ".pth", "squeezenet1_1"), (DC, ".caffemodel", "squeezenet1_0"),
      (CHAINER, ".npz", "squeezenet1_0_chainer")],
 )  # fmt: skip
-def test_convert_writes_a_file_that_gives_the_same_logits(shared, tmp_path, capsys, source,
-                                                          suffix, arch):  # fmt: skip
+def test_convert_writes_a_file_that_gives_the_same_logits(
+    shared, tmp_path, capsys, source, suffix, arch
+):
     original = squeezenet.load_model(shared(source))
     out_file = tmp_path / f"converted{suffix}"
     out = run(capsys, "convert", shared(source), "-o", out_file)
@@ -233,8 +236,9 @@ def test_train_freeze_features_changes_the_head_only(shared, tmp_path, capsys):
     out = tmp_path / "run"
     run(capsys, "train", data, "--out", out, "--weights", shared(NCNN), "--freeze-features",
         "--epochs", "2", "--batch-size", "8", "--micro-batch", "8", "--lr", "0.01",
-        "--momentum", "0.9", "--weight-decay", "2e-4", "--warmup", "0", "--image-size", "128",
-        "--min-scale", "0.25", "--seed", "0", "--workers", "0", "--no-progress")  # fmt: skip
+        "--backbone-lr", "0.1", "--momentum", "0.9", "--weight-decay", "2e-4", "--warmup", "0",
+        "--schedule", "linear", "--label-smoothing", "0.1", "--min-scale", "0.25",
+        "--image-size", "128", "--seed", "0", "--workers", "0", "--no-progress")  # fmt: skip
     start = squeezenet.load_model(shared(NCNN)).state_dict()
     trained = squeezenet.load_model(out / "last.safetensors")
     assert trained.weights_info.class_ids == CLASSES
@@ -276,8 +280,8 @@ def test_serve_backend_auto_answers_on_a_real_port(shared):
                 pass
             time.sleep(0.2)
         for name, label in zip(PHOTOS, TOP1, strict=True):
-            reply = httpx.post(f"{url}/v1/classify", content=shared(f"data/photos/{name}")
-                               .read_bytes(), params={"topk": 3}, timeout=60)  # fmt: skip
+            photo = shared(f"data/photos/{name}").read_bytes()
+            reply = httpx.post(f"{url}/v1/classify", content=photo, params={"topk": 3}, timeout=60)
             assert reply.status_code == 200, reply.text
             assert len(reply.json()["top"]) == 3 and reply.json()["top"][0]["label"] == label
         [served] = httpx.get(f"{url}/v1/models").json()["models"]
