@@ -60,7 +60,8 @@ from ..errors import SqueezeNetError
 from ..inference.pipeline import run as run_inference
 from ..io import atomic_write_bytes
 from ..models import build_model, default_input_size
-from ..weights.load import WeightsInfo, create_model, load_model, save_model
+from ..weights.info import WeightsInfo
+from ..weights.load import create_model, load_model, save_model
 from .augment import AugmentedDataset, TrainTransform
 from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
 from .plots import plot_confusion, plot_curves
@@ -355,8 +356,10 @@ def _make_model(
     """The model to train: rebuilt from the state, or pretrained, or initialised from scratch."""
     if state is not None:
         model = build_model(cfg.arch, num_classes=cfg.num_classes, **state["model_kwargs"])
-        model.weights_info = WeightsInfo(
-            cfg.arch, state["model_kwargs"], cfg.num_classes, Preprocess.from_dict(state["preset"])
+        model.weights_info = WeightsInfo.from_meta(
+            {"model_kwargs": state["model_kwargs"], "preprocess": state["preset"]},
+            arch=cfg.arch,
+            num_classes=cfg.num_classes,
         )
         return model
     if pretrained is None:
