@@ -421,11 +421,14 @@ def _split_batch(cfg: TrainConfig, procs: Processes) -> tuple[int, int]:
             f"--batch-size {cfg.batch_size} is not a multiple of {procs.world} ranks"
         )
     per_rank = cfg.batch_size // procs.world
-    limit = cfg.micro_batch or (256 if procs.device.type == "cuda" else 64)
-    accum = math.ceil(per_rank / limit)
+    accum = math.ceil(per_rank / _micro_batch_limit(cfg, procs))
     while per_rank % accum:
         accum += 1
     return per_rank // accum, accum
+
+
+def _micro_batch_limit(cfg: TrainConfig, procs: Processes) -> int:
+    return cfg.micro_batch or (256 if procs.device.type == "cuda" else 64)
 
 
 def _shard(val: ImageDataset, procs: Processes) -> ImageDataset:
@@ -835,7 +838,7 @@ class Trainer:
         logits, skipped = run_inference(
             forward,
             shard,
-            batch_size=self.micro,
+            batch_size=_micro_batch_limit(self.cfg, procs),  # no gradients: the largest batch
             workers=self.cfg.workers,
             progress=self.cfg.progress and procs.is_main,
             desc="validate",
