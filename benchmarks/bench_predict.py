@@ -56,26 +56,31 @@ def predict_seconds(model, forward, files: list[Path], out: Path, workers: int |
     return seconds
 
 
-def ray_rows(weights: Path, files: list[Path], threads: int) -> None:
-    """Start a local Ray instance; time it and two passes of ``predict_dataset``."""
+def ray_rows(weights: Path, files: list[Path], threads: int, tmp: Path) -> None:
+    """Start a local Ray instance; time it, then passes of ``predict_dataset`` interleaved
+    with the single process (``predict_stream``), same weights, backend and batch."""
     import ray
 
     from squeezenet.inference.ray_predict import predict_dataset
 
+    model = squeezenet.load_model(weights)
+    forward = optimize(model)
     start = time.perf_counter()
     ray.init(num_cpus=threads, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     init = time.perf_counter() - start
     print(f"\nRay: ray.init(num_cpus={threads}) {init:.1f} s; {weights.name}, auto, {BATCH}/batch")
-    print("| pass | seconds | img/s |\n| --- | ---: | ---: |")
+    print("| run | seconds | img/s |\n| --- | ---: | ---: |")
     dataset = ray.data.from_items([{"path": str(f)} for f in files])
     for n in (1, 2):
+        seconds = predict_seconds(model, forward, files, tmp / "out.jsonl", None)
+        print(f"| single process | {seconds:.1f} | {len(files) / seconds:.0f} |")
         start = time.perf_counter()
         rows = predict_dataset(dataset, str(weights), batch_size=BATCH).take_all()
         seconds = time.perf_counter() - start
         assert len(rows) == len(files)
-        print(f"| {n}{' (starts the actors)' if n == 1 else ''} | {seconds:.1f} | "
-              f"{len(files) / seconds:.0f} |")  # fmt: skip
+        what = "Ray, first pass (starts the actors, loads the model)" if n == 1 else "Ray, again"
+        print(f"| {what} | {seconds:.1f} | {len(files) / seconds:.0f} |")
     ray.shutdown()
 
 
@@ -106,9 +111,9 @@ def main() -> None:
             net = len(files) / statistics.median(network)
             end = len(files) / statistics.median(predict)
             print(f"| {Path(weights).name} | {net:.0f} | {end:.0f} | {end / net:.0%} |")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
-    if args.ray:
-        ray_rows(shared_dir() / WEIGHTS[1], files, args.threads)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        if args.ray:
+            ray_rows(shared_dir() / WEIGHTS[1], files, args.threads, Path(tmp))
 
 
 if __name__ == "__main__":
