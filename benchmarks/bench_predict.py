@@ -3,10 +3,12 @@
 On the 650 imagenet-val images, side by side in rounds (fp32 ``auto`` backend, batch 32):
 
 * network only: the images decoded and preprocessed once (untimed), then batches of 32;
+* evaluate: ``squeezenet.inference.pipeline.evaluate`` on the folder (the same pipeline);
 * predict: ``predict_stream`` over the folder (decoding in worker processes while the network
   runs, top-k per image) with every result appended to a JSON-lines file as ``--output`` does;
 * with ``--ray``: the start-up of a local Ray instance (``ray.init``), then ``predict_dataset``
-  over the same files on it, twice (the first pass also starts the actors and loads the model).
+  over the same files on it, twice, each after the single process (the first Ray pass also
+  starts the actors and loads the model).
 
     .venv/bin/python benchmarks/bench_predict.py [--rounds 3] [--threads 2] [--ray]
 """
@@ -26,6 +28,7 @@ import torch
 import squeezenet
 from squeezenet.data.datasets import ImageDataset, shared_dir
 from squeezenet.inference.backends import optimize
+from squeezenet.inference.pipeline import evaluate
 from squeezenet.inference.stream import LineWriter, predict_stream
 
 WEIGHTS = [
@@ -92,10 +95,11 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="also time the Ray path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    files = sorted((shared_dir() / "data/imagenet-val/images").iterdir())
+    data = shared_dir() / "data/imagenet-val"
+    files = sorted((data / "images").iterdir())
     print(f"load average before: {os.getloadavg()[0]:.2f}; {args.threads} thread(s)")
-    print("| weights | network img/s | predict img/s | ratio |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| weights | network img/s | evaluate img/s | predict img/s | predict / network |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         for weights in WEIGHTS:
             model = squeezenet.load_model(shared_dir() / weights)
@@ -103,14 +107,19 @@ def main() -> None:
             preprocess = model.weights_info.preprocess
             images = ImageDataset(files, None, preprocess, draft_size=preprocess.resize)
             batch = torch.stack([images[i][0] for i in range(len(images))])
-            network, predict = [], []
-            for _ in range(args.rounds):  # interleaved, so load changes hit both alike
-                network.append(network_seconds(forward, batch))
+            seconds = {"network": [], "evaluate": [], "predict": []}
+            for _ in range(args.rounds):  # interleaved, so load changes hit all alike
+                seconds["network"].append(network_seconds(forward, batch))
+                start = time.perf_counter()
+                evaluate(model, data, forward=forward, workers=args.workers, progress=False)
+                seconds["evaluate"].append(time.perf_counter() - start)
                 out = Path(tmp) / "out.jsonl"
-                predict.append(predict_seconds(model, forward, files, out, args.workers))
-            net = len(files) / statistics.median(network)
-            end = len(files) / statistics.median(predict)
-            print(f"| {Path(weights).name} | {net:.0f} | {end:.0f} | {end / net:.0%} |")
+                seconds["predict"].append(predict_seconds(model, forward, files, out, args.workers))
+            speed = {k: len(files) / statistics.median(v) for k, v in seconds.items()}
+            print(
+                f"| {Path(weights).name} | {speed['network']:.0f} | {speed['evaluate']:.0f} | "
+                f"{speed['predict']:.0f} | {speed['predict'] / speed['network']:.0%} |"
+            )
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         if args.ray:
             ray_rows(shared_dir() / WEIGHTS[1], files, args.threads, Path(tmp))
