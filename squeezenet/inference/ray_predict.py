@@ -1,7 +1,8 @@
 """Predict on a Ray cluster with Ray Data (``pip install 'squeezenet[ray]'``).
 
-Two stages stream into each other: tasks decode images to uint8 pixels, and a pool of actors,
-each holding one loaded model behind ``--backend``, normalise and classify them::
+Two steps stream into each other: ``decode_batch`` turns images into uint8 pixels and
+``Predictor`` actors, each holding one loaded model behind ``--backend``, normalise and classify
+them (Ray Data fuses the two into the actors)::
 
     import ray
     from squeezenet.inference.ray_predict import predict_dataset
