@@ -150,9 +150,9 @@ def _meta(model: nn.Module, options: Options, bits: int | None) -> dict:
     default = imagenet_classes()
     if default and meta["class_ids"] == default[0] and meta["classes"] == default[1]:
         meta["classes"] = meta["class_ids"] = None
-    if bits is None:
-        budget = {"target_bytes": options.target_bytes, "max_drop": options.max_drop}
-        meta["compression"] = {"bits": "per layer", **{k: v for k, v in budget.items() if v}}
+    if bits is None:  # (not N itself: the fixed overhead must not depend on its digits)
+        search = "target-bytes" if options.target_bytes is not None else "max-drop"
+        meta["compression"] = {"bits": "per layer", "search": search}
     else:
         meta["compression"] = {"bits": bits, "sparsity": options.sparsity}
     return meta
@@ -337,7 +337,7 @@ def _search(
     knapsack = Knapsack(table)
     overhead = floor - sum(next(o.nbytes for o in opts if o.choice == EMPTY)
                            for opts in table.values())  # fmt: skip
-    meta = _meta(student, options, None)
+    meta, keys = _meta(student, options, None), list(student.state_dict())
     search = Search(
         options.target_bytes, options.max_drop, len(calibration),
         heldout_accuracy(teacher, held, labels), overhead, knapsack.frontier(),
@@ -348,7 +348,7 @@ def _search(
         planned, predicted = knapsack.cost(choices)
         model = copy.deepcopy(student)
         problems = apply_plan(model, calibration, choices, progress=options.progress)
-        data, records = encode(model, meta, options.dtype, options.gap_bits)
+        data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
         for role in reversed(choices):  # an overshoot (the header, other inputs): prune the
             while options.target_bytes is not None and len(data) > options.target_bytes:
                 if choices[role] == EMPTY or choices[role].density == 0:  # last layers further
@@ -357,7 +357,7 @@ def _search(
                     model, role, problems[role], choices[role], len(data) - options.target_bytes,
                     options.dtype, options.gap_bits,
                 )  # fmt: skip
-                data, records = encode(model, meta, options.dtype, options.gap_bits)
+                data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
         candidate = Candidate(choices, planned, predicted, len(data))
         candidate.accuracy = heldout_accuracy(model, held, labels)
         search.candidates.append(candidate)
@@ -386,10 +386,11 @@ def _score(attempt_result) -> tuple:
 def _most_accurate(table, knapsack: Knapsack, budget: int, attempt):
     """The better on the held-out split of two plans within ``budget``: bits and densities
     per layer, and bits alone at each layer's own density (tried when its predicted error is
-    within twice the first's)."""
+    within twice the first's). Every layer emptied when nothing else fits."""
     own = {role: options[0].choice.density for role, options in table.items()}
     bits_only = Knapsack(table, allowed=lambda role, c: c.density in (own[role], 0.0))
     plans = [p for p in (knapsack.plan(budget), bits_only.plan(budget)) if p is not None]
+    plans = plans or [dict.fromkeys(table, EMPTY)]  # rounding to UNIT left no other plan
     predicted = [knapsack.cost(p)[1] for p in plans]
     tried = []
     for plan, error in zip(plans, predicted, strict=True):
@@ -399,26 +400,27 @@ def _most_accurate(table, knapsack: Knapsack, budget: int, attempt):
 
 
 def _smallest_within(knapsack: Knapsack, smallest: int, search: Search, options: Options, attempt):
-    """Bisection over the budget (geometric) for the smallest file whose held-out top-1 and
-    top-5 are within ``max_drop`` points of the original's."""
+    """Bisection over the budget (geometric, between an eighth of the least-error plan's bytes
+    and those bytes) for the smallest file whose held-out top-1 and top-5 are within
+    ``max_drop`` points of the original's; the least-error plan if none is."""
     reference = search.holdout
 
     def within(result) -> bool:
         accuracy = result[0].accuracy
         return all(100 * (reference[k] - accuracy[k]) <= options.max_drop for k in ("top1", "top5"))
 
-    high = knapsack.largest()
-    best = attempt(knapsack.plan(high))
-    if not within(best):
-        _log(options, f"no file is within {options.max_drop} points on the held-out split; "
-                      "writing the most accurate")  # fmt: skip
-        return best
-    low = max(smallest, high // 8)
-    for _ in range(options.search_steps - 1):
+    top = knapsack.largest()
+    low, high, best = max(smallest, top // 8), top, None
+    for _ in range(options.search_steps):
         middle = int((low * high) ** 0.5)
-        result = attempt(knapsack.plan(middle))
+        result = attempt(knapsack.plan(middle) or dict.fromkeys(knapsack.table, EMPTY))
         if within(result):
             high, best = middle, result
         else:
             low = middle
+    if best is None:
+        best = attempt(knapsack.plan(top))
+        if not within(best):
+            _log(options, f"no file is within {options.max_drop} points on the held-out split; "
+                          "writing the most accurate")  # fmt: skip
     return best

@@ -273,9 +273,11 @@ def shrink_layer(
     return Choice(choice.bits, round(keep, 6))
 
 
-def encode(model: nn.Module, meta: dict, dtype: str, gap_bits: int | None = None):
+def encode(model: nn.Module, keys: list[str], meta: dict, dtype: str, gap_bits: int | None = None):
     """The ``.sqz`` bytes and records of a model whose layers are shared (left as they are:
-    baking a deep copy would strip the parametrization class the original shares)."""
+    baking a deep copy would strip the parametrization class the original shares), its
+    tensors in the order of the plain model's state-dict ``keys`` (the header's size depends
+    on it)."""
     modules = dict(model.named_modules())
     state = {}
     with torch.no_grad():
@@ -285,6 +287,7 @@ def encode(model: nn.Module, meta: dict, dtype: str, gap_bits: int | None = None
             elif key.endswith(".parametrizations.weight.original"):
                 name = key.removesuffix(".parametrizations.weight.original")
                 state[f"{name}.weight"] = modules[name].weight.cpu().numpy()
+    state = {key: state[key] for key in keys}
     return container.pack(state, meta, codebooks(model), dtype=dtype, gap_bits=gap_bits)
 
 
