@@ -173,3 +173,18 @@ def test_song_han_weights_re_encoded_losslessly_and_smaller(han_model, tmp_path)
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
     same = squeezenet.create_model("squeezenet1_0", weights=path)
     assert same.weights_info.file_format == "sqz"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_shared_record_bytes_predicts_the_packed_size_exactly(dtype):
+    """The size model compress searches with is the size pack writes, at every gap width."""
+    state, books = tiny_state()
+    book = books["a.weight"]
+    for name in ("a.weight", "b.weight"):
+        codes = np.searchsorted(book[1:], state[name]) + 1  # codebook indices, 0 for zeros
+        codes[state[name] == 0] = 0
+        for gap_bits in [None, *range(container.MAX_GAP_BITS + 1)]:
+            _, records = container.pack(state, META, books, dtype=dtype, gap_bits=gap_bits)
+            [record] = [r for r in records if r.name == name]
+            expected = record.nbytes
+            assert container.shared_record_bytes(codes, len(book), dtype, gap_bits) == expected

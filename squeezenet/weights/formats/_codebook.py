@@ -61,6 +61,41 @@ def table_bytes(k: int, g: int) -> int:
     return (k + 1) // 2 + ((1 << g) + 1) // 2 if g else (k + 1) // 2
 
 
+def _counts(codes: np.ndarray, positions: np.ndarray, k: int, g: int):
+    """Symbol counts of the code and gap streams at gap width ``g``, fillers included, without
+    building the streams: ``codes`` holds every position's codebook index (0: zero)."""
+    if g == 0:
+        return np.bincount(codes, minlength=k), np.zeros(0, np.int64)
+    skipped = np.diff(positions, prepend=-1) - 1
+    trailing = (codes.size - 1 - (positions[-1] if len(positions) else -1)) >> g
+    fillers = int((skipped >> g).sum()) + trailing
+    code_counts = np.bincount(codes[positions], minlength=k)
+    code_counts[0] += fillers  # a filler is code 0 with the largest gap
+    gap_counts = np.bincount(skipped & ((1 << g) - 1), minlength=1 << g)
+    gap_counts[-1] += fillers
+    return code_counts, gap_counts
+
+
+def _smallest(codes: np.ndarray, k: int, gap_bits: int | None) -> tuple[int, int]:
+    """(gap width, bytes of the tables and coded streams) of the smallest encoding."""
+    positions = np.flatnonzero(codes)
+    best = None
+    for g in [gap_bits] if gap_bits is not None else range(MAX_GAP_BITS + 1):
+        size = table_bytes(k, g)
+        for counts in _counts(codes, positions, k, g):
+            size += (huffman.encoded_bits(counts, huffman.code_lengths(counts)) + 7) // 8
+        if best is None or size < best[1]:
+            best = (g, size)
+    return best
+
+
+def shared_record_bytes(codes: np.ndarray, k: int, dtype: str, gap_bits: int | None = None) -> int:
+    """Payload bytes of a shared record whose positions hold these codebook indices (0: zero),
+    exactly as :func:`encode` writes it, from the symbol counts alone."""
+    codes = np.asarray(codes, np.int64).reshape(-1)
+    return k * np.dtype(FLOAT_DTYPES[dtype]).itemsize + _smallest(codes, k, gap_bits)[1]
+
+
 def encode(name: str, array: np.ndarray, codebook, dtype: str, gap_bits: int | None) -> Coded:
     """Codes of the nonzero values of ``array`` in ``codebook``, Huffman-coded with gaps.
 
@@ -78,19 +113,13 @@ def encode(name: str, array: np.ndarray, codebook, dtype: str, gap_bits: int | N
     if (sorted_values[slot] != values).any():
         bad = values[sorted_values[slot] != values][0]
         raise ValueError(f"{name}: value {float(bad)!r} is not in its codebook")
-    codes = order[slot] + 1
-    k, best = len(codebook), None
-    for g in [gap_bits] if gap_bits is not None else range(MAX_GAP_BITS + 1):
-        entry_codes, gaps = _streams(codes, positions, flat.size, g)
-        code_counts = np.bincount(entry_codes, minlength=k)
-        gap_counts = np.bincount(gaps, minlength=1 << g)
-        code_lengths = huffman.code_lengths(code_counts)
-        gap_lengths = huffman.code_lengths(gap_counts)
-        size = table_bytes(k, g) + (huffman.encoded_bits(code_counts, code_lengths) + 7) // 8
-        size += (huffman.encoded_bits(gap_counts, gap_lengths) + 7) // 8
-        if best is None or size < best[0]:
-            best = (size, g, entry_codes, gaps, code_lengths, gap_lengths)
-    _, g, entry_codes, gaps, code_lengths, gap_lengths = best
+    codes = np.zeros(flat.size, np.int64)
+    codes[positions] = order[slot] + 1
+    k = len(codebook)
+    g, _ = _smallest(codes, k, gap_bits)
+    entry_codes, gaps = _streams(codes[positions], positions, flat.size, g)
+    code_lengths = huffman.code_lengths(np.bincount(entry_codes, minlength=k))
+    gap_lengths = huffman.code_lengths(np.bincount(gaps, minlength=1 << g))
     code_data = huffman.encode(entry_codes, code_lengths)
     gap_data = huffman.encode(gaps, gap_lengths) if g else b""
     parts = [codebook.astype(FLOAT_DTYPES[dtype]).tobytes(), _nibbles(code_lengths)]

@@ -31,7 +31,7 @@ import numpy as np
 from ...data.transforms import get_preset
 from ...errors import FormatError
 from ...io import atomic_write_bytes
-from . import Contents, Hints
+from . import Contents, Hints, _codebook
 from ._codebook import FLOAT_DTYPES, MAX_GAP_BITS, decode, encode, table_bytes
 
 MAGIC = b"SQZ\x00"
@@ -40,6 +40,7 @@ DTYPES = {**FLOAT_DTYPES, "int64": "<i8"}
 MAX_HEADER = 1 << 24  # bytes of header JSON once inflated
 _PREAMBLE = struct.Struct("<4sHI")
 SUFFIXES = (".sqz",)
+shared_record_bytes = _codebook.shared_record_bytes  # public: compress sizes records with it
 
 
 @dataclass
