@@ -179,3 +179,11 @@ def _plot_search(ax, report: Report) -> None:
                     label=f"{key} of the written file on --eval")  # fmt: skip
     if search.target_bytes is not None:
         ax.axvline(search.target_bytes / 1000, color="gray", lw=0.8, label="--target-bytes")
+    # the knapsack's frontier: least predicted KL divergence of the logits at each size
+    frontier = [(b + search.overhead, kl) for b, kl in search.frontier if kl > 0]
+    if frontier:
+        twin = ax.twinx()
+        twin.semilogy([b / 1000 for b, _ in frontier], [kl for _, kl in frontier], color="gray",
+                      lw=0.8, ls=":")  # fmt: skip
+        twin.set_ylabel("predicted KL divergence (dotted)", color="gray", fontsize=8)
+        ax.set_xlim(0.8 * min(sizes), 1.25 * max(sizes))
