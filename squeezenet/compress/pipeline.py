@@ -349,9 +349,10 @@ def _search(
         model = copy.deepcopy(student)
         problems = apply_plan(model, calibration, choices, progress=options.progress)
         data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
-        for role in reversed(choices):  # an overshoot (the header, other inputs): prune the
+        # over budget (the header, the layers' real inputs): prune the last layers further
+        for role in reversed(choices):
             while options.target_bytes is not None and len(data) > options.target_bytes:
-                if choices[role] == EMPTY or choices[role].density == 0:  # last layers further
+                if choices[role].density == 0:
                     break
                 choices[role] = shrink_layer(
                     model, role, problems[role], choices[role], len(data) - options.target_bytes,
