@@ -24,26 +24,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_pipeline import BATCH, WEIGHTS, network_seconds  # the same network-only timing
 
 import squeezenet
 from squeezenet.data.datasets import ImageDataset, shared_dir
 from squeezenet.inference.backends import optimize
 from squeezenet.inference.pipeline import evaluate
 from squeezenet.inference.stream import LineWriter, predict_stream
-
-WEIGHTS = [
-    "weights/deep-compression/compressed_SqueezeNet.net",
-    "weights/ncnn/squeezenet_v1.1.ncnn.param",
-]
-BATCH = 32
-
-
-def network_seconds(forward, images: torch.Tensor) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(images), BATCH):
-            forward(images[i : i + BATCH])
-    return time.perf_counter() - start
 
 
 def predict_seconds(model, forward, files: list[Path], out: Path, workers: int | None) -> float:
