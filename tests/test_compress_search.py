@@ -17,7 +17,15 @@ from squeezenet.cli import main
 from squeezenet.compress import prune
 from squeezenet.compress.pipeline import Options, compress
 from squeezenet.compress.report import layer_table
-from squeezenet.compress.search import UNIT, Choice, Knapsack, Option, record_bytes
+from squeezenet.compress.search import (
+    UNIT,
+    Choice,
+    Knapsack,
+    Option,
+    apply_plan,
+    record_bytes,
+    shrink_layer,
+)
 from squeezenet.weights.formats import sqz
 
 V11 = "weights/ncnn/squeezenet_v1.1.ncnn.param"
@@ -143,3 +151,23 @@ def test_a_budget_at_the_fixed_overhead_is_met(ten, tmp_path, capsys):
     assert out.stat().st_size <= floor
     assert all(c.density == 0 for c in report.results[0].choices.values())
     squeezenet.load_model(out)  # a valid file: every weight zero, the biases kept
+
+
+def test_shrinking_a_layer_frees_the_bytes_asked_for():
+    torch.manual_seed(0)
+    model = squeezenet.create_model("squeezenet1_1", num_classes=10)
+    roles = prune.layer_roles(model)
+    choices = {role: Choice(4, 1.0) for role in roles}
+    problems = apply_plan(model, torch.rand(4, 3, 64, 64), choices, progress=False)
+
+    def size(role):
+        shared = roles[role].parametrizations.weight[0]
+        return record_bytes(shared.codes, 16, "float16")
+
+    before = size("fire9.expand3x3")
+    choice = shrink_layer(model, "fire9.expand3x3", problems["fire9.expand3x3"],
+                          choices["fire9.expand3x3"], 5_000, "float16")  # fmt: skip
+    assert before - 5_000 - 2_000 < size("fire9.expand3x3") <= before - 5_000
+    assert choice.bits == 4 and choice.density == pytest.approx(
+        prune.density(roles["fire9.expand3x3"].weight), abs=1e-4
+    )
