@@ -62,6 +62,20 @@ def test_pixels_then_normalize_is_the_float_formula_bit_for_bit(preset):
         assert torch.equal(p(image), expected[i]) and torch.equal(batch[i], expected[i])
 
 
+@pytest.mark.parametrize("preset", ["caffe", "torchvision"])
+def test_enlarging_on_pytorch_gives_pillows_pixels(preset):
+    """Images smaller than the resize target (the datasets' 224 and 227 px) are enlarged by
+    PyTorch's uint8 kernel: the pixels of Pillow's bilinear resize and crop, bit for bit."""
+    p = PRESETS[preset]
+    val = sorted((shared_path("data/imagenet-val") / "images").iterdir())[:20]
+    train = sorted((shared_path("data/imagenette/train") / "n03888257").iterdir())[:10]
+    for f in val + train:
+        image = load_image(f, p.resize)
+        assert image.width < p.resize and image.height < p.resize
+        expected = np.asarray(center_crop(resize(image, p.resize, square=p.square_resize), p.crop))
+        np.testing.assert_array_equal(p.pixels(image).numpy(), expected)
+
+
 def test_resize_and_crop_geometry():
     image = gradient(300, 200)
     assert resize(image, 256, square=False).size == (384, 256)

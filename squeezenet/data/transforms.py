@@ -1,4 +1,4 @@
-"""Image decoding and the two preprocessing presets, on Pillow and NumPy (no torchvision).
+"""Image decoding and the two preprocessing presets, on Pillow, NumPy and PyTorch (no torchvision).
 
 * ``caffe``: BGR, 0-255, mean (104, 117, 123) subtracted, squash to 256x256, center crop 227.
 * ``torchvision``: RGB, short side to 256, center crop 224, /255, ImageNet mean/std.
@@ -43,6 +43,11 @@ class Preprocess:
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """The resized, center-cropped RGB pixels as they are: a uint8 (crop, crop, 3) tensor."""
+        target = resized_size(image.size, self.resize, square=self.square_resize)
+        if target[0] > image.width and target[1] > image.height and min(target) >= self.crop:
+            x = enlarge(image, target)
+            top, left = crop_origin(target, self.crop)
+            return x[top : top + self.crop, left : left + self.crop].contiguous()
         image = center_crop(resize(image, self.resize, square=self.square_resize), self.crop)
         return torch.from_numpy(np.array(image))  # one copy: Pillow's buffer is read-only
 
@@ -145,18 +150,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+def resized_size(size: tuple[int, int], target: int, *, square: bool) -> tuple[int, int]:
+    """(width, height) after ``resize``: ``target`` squared, or the short side made ``target``."""
+    if square:
+        return (target, target)
+    w, h = size
+    short = min(w, h)
+    scaled = (round(w * target / short), round(h * target / short))
+    return (target if w == short else scaled[0], target if h == short else scaled[1])
+
+
 def resize(image: Image.Image, size: int, *, square: bool) -> Image.Image:
     """Bilinear resize, either squashed to ``size`` x ``size`` or with the short side = size."""
-    if square:
-        target = (size, size)
-    else:
-        w, h = image.size
-        short = min(w, h)
-        target = (round(w * size / short), round(h * size / short))
-        target = (size if w == short else target[0], size if h == short else target[1])
+    target = resized_size(image.size, size, square=square)
     if image.size == target:
         return image
     return image.resize(target, Image.Resampling.BILINEAR)
+
+
+def enlarge(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """An RGB image enlarged to ``size`` (w, h) with Pillow's bilinear filter, as uint8 HWC.
+
+    PyTorch's uint8 kernel (antialiased bilinear, the same triangle filter) runs about 2.4x
+    faster than Pillow's. When enlarging it gives Pillow's pixels (bit for bit at 224 or 227 ->
+    256, the datasets' sizes; at most one level apart in under 1% of pixels elsewhere), which
+    decides top-1 nowhere measured; shrinking, where they differ more often, stays on Pillow.
+    """
+    chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # HWC memory: channels_last
+    out = torch.nn.functional.interpolate(
+        chw[None], size=size[::-1], mode="bilinear", antialias=True, align_corners=False
+    )
+    return out[0].permute(1, 2, 0)
+
+
+def crop_origin(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """(top, left) of the central ``crop`` square of an image of ``size`` (w, h)."""
+    return int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -166,5 +195,5 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
         padded = Image.new("RGB", (max(w, size), max(h, size)))
         padded.paste(image, ((padded.width - w) // 2, (padded.height - h) // 2))
         image, w, h = padded, padded.width, padded.height
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    top, left = crop_origin((w, h), size)
     return image.crop((left, top, left + size, top + size))

@@ -1,4 +1,9 @@
-"""Run a model over images: batched predict and top-k evaluate, decoding in worker processes."""
+"""Run a model over images: batched predict and top-k evaluate, decoding in worker processes.
+
+The workers decode and resize each image to uint8 pixels (``Preprocess.pixels``); the main
+process turns each batch into the network's float input in one pass (``Preprocess.normalize``),
+so a worker sends 4x fewer bytes and does no float arithmetic.
+"""
 
 from __future__ import annotations
 
@@ -37,12 +42,17 @@ def run(
     forward: Forward,
     dataset: ImageDataset,
     *,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
     desc: str = "images",
 ) -> tuple[np.ndarray, list[int]]:
-    """Logits for every readable image, in dataset order; also the indices that were skipped."""
+    """Logits for every readable image, in dataset order; also the indices that were skipped.
+
+    ``normalize`` makes each collated batch the network's input: ``Preprocess.normalize`` for a
+    dataset of ``Preprocess.pixels``; None for a dataset that yields it already.
+    """
     logits = np.zeros((len(dataset), 0), np.float32)
     seen = np.zeros(len(dataset), bool)
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
@@ -52,7 +62,7 @@ def run(
                 bar.update(batch_size)
                 continue
             x, _, index, skipped = batch
-            out = forward(x).float().numpy()
+            out = forward(normalize(x) if normalize else x).float().numpy()
             if logits.shape[1] == 0:
                 logits = np.zeros((len(dataset), out.shape[1]), np.float32)
             logits[index.numpy()] = out
@@ -83,16 +93,21 @@ def evaluate(
     images that cannot be decoded are skipped and counted.
     """
     info = model.weights_info
-    dataset = labelled_folder(
-        data, info.preprocess, info.class_ids, draft_size=info.preprocess.resize
-    )
+    preprocess = info.preprocess
+    dataset = labelled_folder(data, preprocess.pixels, info.class_ids, draft_size=preprocess.resize)
     if info.class_ids is None and dataset.classes and len(dataset.classes) != info.num_classes:
         raise SqueezeNetError(
             f"{data}: has {len(dataset.classes)} classes, the model has {info.num_classes} "
             "outputs and no class names to map folders by"
         )
+    forward = forward or model
     logits, skipped = run(
-        forward or model, dataset, batch_size=batch_size, workers=workers, progress=progress
+        forward,
+        dataset,
+        normalize=preprocess.normalize,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
     )
     keep = np.setdiff1d(np.arange(len(dataset)), skipped)
     if keep.size == 0:
@@ -120,9 +135,16 @@ def predict(
     ``SqueezeNetError`` naming it (predict is asked about specific files).
     """
     info = model.weights_info
-    dataset = ImageDataset(files, None, info.preprocess, draft_size=info.preprocess.resize)
+    preprocess = info.preprocess
+    dataset = ImageDataset(files, None, preprocess.pixels, draft_size=preprocess.resize)
+    forward = forward or model
     logits, skipped = run(
-        forward or model, dataset, batch_size=batch_size, workers=workers, progress=progress
+        forward,
+        dataset,
+        normalize=preprocess.normalize,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
     )
     if skipped:
         from ..data.transforms import load_image
