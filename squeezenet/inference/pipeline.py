@@ -100,15 +100,8 @@ def evaluate(
             f"{data}: has {len(dataset.classes)} classes, the model has {info.num_classes} "
             "outputs and no class names to map folders by"
         )
-    forward = forward or model
-    logits, skipped = run(
-        forward,
-        dataset,
-        normalize=preprocess.normalize,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-    )
+    options = {"batch_size": batch_size, "workers": workers, "progress": progress}
+    logits, skipped = run(forward or model, dataset, normalize=preprocess.normalize, **options)
     keep = np.setdiff1d(np.arange(len(dataset)), skipped)
     if keep.size == 0:
         raise SqueezeNetError(f"{data}: none of the {len(dataset)} images could be decoded")
@@ -137,15 +130,8 @@ def predict(
     info = model.weights_info
     preprocess = info.preprocess
     dataset = ImageDataset(files, None, preprocess.pixels, draft_size=preprocess.resize)
-    forward = forward or model
-    logits, skipped = run(
-        forward,
-        dataset,
-        normalize=preprocess.normalize,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-    )
+    options = {"batch_size": batch_size, "workers": workers, "progress": progress}
+    logits, skipped = run(forward or model, dataset, normalize=preprocess.normalize, **options)
     if skipped:
         from ..data.transforms import load_image
 
