@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from squeezenet.data.cache import cached_pixels, square_pixels
 from squeezenet.data.datasets import split_folder, stratified_split
 from squeezenet.data.transforms import load_image
 from squeezenet.engine.recipes import SCRATCH, finetune_recipe
-from squeezenet.engine.train import loss_diverged
+from squeezenet.engine.train import Trainer, loss_diverged
 from squeezenet.errors import SqueezeNetError
 from squeezenet.models import list_models
 
@@ -192,3 +193,12 @@ def test_absurd_learning_rate_recovers_and_never_ruins_best(shared, tmp_path, ca
         == 0
     )
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(best)
+
+
+def test_long_runs_validate_about_ten_times_and_always_at_the_end():
+    def validated(epochs: int) -> list[int]:
+        run = SimpleNamespace(cfg=SimpleNamespace(epochs=epochs))
+        return [e for e in range(1, epochs + 1) if Trainer._validates(run, e)]
+
+    assert validated(3) == [1, 2, 3]
+    assert validated(38) == [4, 8, 12, 16, 20, 24, 28, 32, 36, 38]

@@ -70,6 +70,8 @@ from .recipes import Recipe, finetune_recipe, scratch_recipe
 SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
 STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and every epoch)
 MAX_RETRIES = 3  # divergences recovered from (each at a 10x lower rate) before giving up
+MAX_VALIDATIONS = 10  # per run: more epochs than this are validated every k-th epoch
+VAL_KEYS = ("val_loss", "val_top1", "val_top5", "val_n", "val_skipped")
 DEFAULT_VAL_SPLIT = 0.2
 
 
@@ -644,7 +646,10 @@ class Trainer:
                     except Diverged as e:
                         self._recover(e, snapshot)
                         continue
-                    self._record_epoch(*self._validate())
+                    epoch = self.progress.epoch + 1
+                    self._record_epoch(
+                        *(self._validate() if self._validates(epoch) else (None,) * 2)
+                    )
             except KeyboardInterrupt:
                 if not self.guard.busy:  # between steps, model and optimizer are consistent
                     self.save()
@@ -857,7 +862,7 @@ class Trainer:
         loss, in_top5, n, n_skipped = summed[:4].tolist()
         confusion = summed[4:].cpu().reshape(n_cls, n_cls).numpy().astype(np.int64)
         n = max(n, 1)
-        metrics = {
+        metrics = {  # VAL_KEYS
             "val_loss": loss / n,
             "val_top1": float(np.trace(confusion)) / n,
             "val_top5": in_top5 / n,
@@ -866,12 +871,22 @@ class Trainer:
         }
         return metrics, confusion
 
-    def _record_epoch(self, metrics: dict, confusion: np.ndarray, trained: bool = True) -> None:
-        """Record an epoch (untrained: epoch 0, the starting weights), write metrics, plots and
-        checkpoints; uninterruptible."""
+    def _validates(self, epoch: int) -> bool:
+        """Validation after every epoch, or every k-th when there are more than
+        ``MAX_VALIDATIONS`` (short epochs of a small folder), and always after the last."""
+        every = math.ceil(self.cfg.epochs / MAX_VALIDATIONS)
+        return epoch % every == 0 or epoch == self.cfg.epochs
+
+    def _record_epoch(
+        self, metrics: dict | None, confusion: np.ndarray | None, trained: bool = True
+    ) -> None:
+        """Record an epoch (untrained: epoch 0, the starting weights; ``metrics`` None: not
+        validated), write metrics, plots and checkpoints; uninterruptible."""
         progress, cfg = self.progress, self.cfg
         self.guard.busy = True
         seen = progress.totals
+        validated = metrics is not None
+        metrics = metrics or dict.fromkeys(VAL_KEYS)
         row = {
             "epoch": progress.epoch + 1 if trained else 0,
             "step": progress.step,
@@ -884,15 +899,17 @@ class Trainer:
             "stuck": self._check_stuck(seen.mean_loss, seen.top1) if trained else False,
         }
         progress.history.append(row)
-        progress.confusion = confusion.tolist()
+        if validated:
+            progress.confusion = confusion.tolist()
         if self.procs.is_main:
             _report_epoch(row, cfg)
-            if metrics["val_top1"] > progress.best_top1:
+            if validated and metrics["val_top1"] > progress.best_top1:
                 save_model(self.model, self.out / "best.safetensors")
             lines = "".join(json.dumps(r) + "\n" for r in progress.history)
             atomic_write_bytes(self.out / "metrics.jsonl", lines.encode())
             plot_curves(_nan_for_none(progress.history), self.out / "curves.png")
-        progress.best_top1 = max(progress.best_top1, metrics["val_top1"])
+        if validated:
+            progress.best_top1 = max(progress.best_top1, metrics["val_top1"])
         if trained:
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
             progress.totals, progress.train_time = EpochTotals(), 0.0
@@ -925,11 +942,16 @@ def train(
 
 
 def _report_epoch(m: dict, cfg: TrainConfig) -> None:
-    val = f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.2%} top-5 {m['val_top5']:.2%}"
+    validated = m["val_top1"] is not None
+    val = (
+        f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.2%} top-5 {m['val_top5']:.2%}"
+        if validated
+        else "not validated"
+    )
     if m["epoch"] == 0:
         tqdm.write(f"epoch 0 (the starting weights): {val}", file=sys.stderr)
         return
-    skipped = m["train_skipped"] + m["val_skipped"]
+    skipped = m["train_skipped"] + (m["val_skipped"] or 0)
     note = f", {skipped} unreadable images skipped" if skipped else ""
     tqdm.write(
         f"epoch {m['epoch']}/{cfg.epochs}: train loss {m['train_loss']:.4f} top-1 "
