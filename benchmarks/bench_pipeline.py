@@ -6,9 +6,10 @@ evaluated), this measures side by side, in rounds:
 
 * network only: the preprocessed imagenet-val images (decoded once, untimed) in batches of 32;
 * end to end: ``squeezenet.inference.pipeline.evaluate`` on the folder (decoding in DataLoader
-  workers while the network runs), which also gives top-1 / top-5.
+  workers while the network runs), which also gives top-1 / top-5; once per ``--workers``
+  value (default: evaluate's own choice), in the same rounds.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--rounds 3] [--threads 2]
+    .venv/bin/python benchmarks/bench_pipeline.py [--rounds 3] [--threads 2] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import squeezenet
 from squeezenet.data.datasets import labelled_folder, shared_dir
 from squeezenet.inference.backends import OnnxModel, optimize
-from squeezenet.inference.pipeline import evaluate
+from squeezenet.inference.pipeline import default_workers, evaluate
 from squeezenet.inference.quantize import quantize
 
 WEIGHTS = [
@@ -46,13 +47,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--workers", type=int, help="decoding processes (default: evaluate's)")
+    parser.add_argument(
+        "--workers", type=lambda s: [int(v) for v in s.split(",")], default=[None],
+        help="decoding processes, comma-separated (default: evaluate's)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = shared_dir() / "data/imagenet-val"
     print(f"load average before: {os.getloadavg()[0]:.2f}; {args.threads} thread(s)")
-    print("| weights | backend | network img/s | evaluate img/s | ratio | top-1 | top-5 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| weights | backend | workers | network img/s | evaluate img/s | ratio | top-1 | top-5")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---:")
     drops = []
     with tempfile.TemporaryDirectory() as tmp:
         for weights in WEIGHTS:
@@ -66,22 +70,26 @@ def main() -> None:
             for name, runner in [("auto (fp32)", model), ("int8 file", OnnxModel(int8_path))]:
                 forward = optimize(runner, "auto")
                 forward(images[:BATCH])  # warm-up
-                network, end_to_end = [], []
+                network, end_to_end = [], {w: [] for w in args.workers}
                 for _ in range(args.rounds):
                     network.append(len(images) / network_seconds(forward, images))
-                    start = time.perf_counter()
-                    result = evaluate(
-                        runner, data, forward=forward, batch_size=BATCH, workers=args.workers,
-                        progress=False,
-                    )  # fmt: skip
-                    end_to_end.append(result["n"] / (time.perf_counter() - start))
-                net, e2e = statistics.median(network), statistics.median(end_to_end)
+                    for workers in args.workers:
+                        start = time.perf_counter()
+                        result = evaluate(
+                            runner, data, forward=forward, batch_size=BATCH, workers=workers,
+                            progress=False,
+                        )  # fmt: skip
+                        end_to_end[workers].append(result["n"] / (time.perf_counter() - start))
+                net = statistics.median(network)
                 top1[name] = result["top1"]
-                print(
-                    f"| {model.weights_info.arch} | {name} | {net:.0f} | {e2e:.0f} | "
-                    f"{e2e / net:.0%} | {result['top1']:.2%} | {result['top5']:.2%} |",
-                    flush=True,
-                )
+                for workers, rates in end_to_end.items():
+                    e2e = statistics.median(rates)
+                    print(
+                        f"| {model.weights_info.arch} | {name} | {workers or default_workers()} "
+                        f"| {net:.0f} | {e2e:.0f} | {e2e / net:.0%} | {result['top1']:.2%} "
+                        f"| {result['top5']:.2%}",
+                        flush=True,
+                    )
             drops.append(
                 f"{model.weights_info.arch}: int8 top-1 - fp32 top-1 = "
                 f"{(top1['int8 file'] - top1['auto (fp32)']) * 100:+.2f} points"
