@@ -148,15 +148,18 @@ def test_killed_run_resumed_equals_an_uninterrupted_one(shared, tmp_path):
     assert killed.read_text().splitlines() == expected  # every image once, same results
 
 
-def test_shards_together_are_the_unsharded_output(shared, tmp_path):
+def test_shards_together_are_the_unsharded_output(shared, tmp_path, capsys):
     val_folder(shared, tmp_path / "v", 20)
-    args = ["--weights", shared(NCNN), "--json", "--workers", "0", "--batch-size", "4"]
-    whole = cli("predict", tmp_path / "v", *args)
-    assert whole.returncode == 0, whole.stderr
-    parts = [cli("predict", tmp_path / "v", *args, "--shard", f"{i}/3") for i in range(3)]
-    lines = [p.stdout.splitlines() for p in parts]
-    assert [len(part) for part in lines] == [7, 7, 6]
-    assert sorted(sum(lines, [])) == sorted(whole.stdout.splitlines())
+    args = [str(tmp_path / "v"), "--weights", str(shared(NCNN)), "--json", "--workers", "0"]
+
+    def lines(*extra: str) -> list[str]:
+        assert main(["predict", *args, *extra]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    whole = lines()
+    parts = [lines("--shard", f"{i}/3") for i in range(3)]
+    assert [len(part) for part in parts] == [7, 7, 6]
+    assert sorted(sum(parts, [])) == sorted(whole)
 
 
 def test_shard_is_a_fixed_partition_of_the_sorted_inputs():
@@ -166,17 +169,18 @@ def test_shard_is_a_fixed_partition_of_the_sorted_inputs():
     assert parts == [shard(list(reversed(files)), i, 4) for i in range(4)]
 
 
-def test_default_weights_are_said_or_how_to_get_them(shared, tmp_path):
-    cat = shared("data/photos/cat.jpg")
-    env = {**os.environ, "SQUEEZENET_HOME": str(tmp_path / "home")}
-    out = cli("predict", cat, "--topk", "1", "--workers", "0", env=env)
-    assert out.returncode == 0, out.stderr
-    assert f"using {shared(NCNN)}" in out.stderr and "cat" in out.stdout
+def test_default_weights_are_said_or_how_to_get_them(shared, tmp_path, monkeypatch, capsys):
+    cat = str(shared("data/photos/cat.jpg"))
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    assert main(["predict", cat, "--topk", "1", "--workers", "0"]) == 0
+    out = capsys.readouterr()
+    assert f"using {shared(NCNN)}" in out.err
+    assert out.out.splitlines()[0] == cat and "(278)" in out.out  # kit fox, as with --weights
 
-    env["SQUEEZENET_SHARED"] = str(tmp_path / "nothing")
-    out = cli("predict", cat, env=env)
-    assert out.returncode == 2 and "squeezenet download squeezenet1_1" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("SQUEEZENET_SHARED", str(tmp_path / "nothing"))
+    assert main(["predict", cat]) == 2
+    err = capsys.readouterr().err
+    assert "squeezenet download squeezenet1_1" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_ray_path_without_ray_names_the_install_command(shared, monkeypatch, capsys):
