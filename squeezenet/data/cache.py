@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from ..errors import SqueezeNetError
 from ..io import atomic_write_bytes
-from .datasets import squeezenet_home
+from .datasets import ImageDataset, squeezenet_home
 from .transforms import center_crop, load_image, resize
 
 
@@ -156,3 +157,12 @@ def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, pr
     tmp.replace(data)
     atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
     return PixelCache(data, set(bad))
+
+
+def check_every_class_readable(train: ImageDataset, cache: PixelCache) -> None:
+    """A class whose training images are all unreadable is an error naming its folder."""
+    unreadable = Counter(train.labels[i] for i in cache.bad)
+    for label, count in Counter(train.labels).items():
+        if unreadable[label] == count:
+            folder = train.files[train.labels.index(label)].parent
+            raise SqueezeNetError(f"{folder}: no readable image among its {count} training images")

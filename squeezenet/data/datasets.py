@@ -166,6 +166,7 @@ def labelled_folder(
 
 
 SPLIT_FILE = "split.json"  # in a run folder: the train/val file lists of a split class-folder tree
+DEFAULT_VAL_SPLIT = 0.2
 
 
 def is_split_tree(root: Path) -> bool:
@@ -242,3 +243,46 @@ def read_split(run_dir: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise SqueezeNetError(f"{path}: cannot read the run's split ({e})") from None
+
+
+def readable_names(class_ids: list[str]) -> list[str]:
+    """ImageNet names for wnid folders, else the folder names themselves."""
+    imagenet = imagenet_classes()
+    if imagenet and set(class_ids) <= set(imagenet[0]):
+        names = dict(zip(*imagenet, strict=True))
+        return [names[c] for c in class_ids]
+    return list(class_ids)
+
+
+def train_val_datasets(
+    data: str | Path, run_dir: Path, val_split: float | None, seed: int, preprocess, resume: bool
+) -> tuple[ImageDataset, ImageDataset, dict | None]:
+    """The train and val datasets, labelled consistently, and the split made (if any).
+
+    A tree with ``train/`` and ``val/`` is used as it is; any other class-folder tree (or
+    ``labels.csv`` folder) is split: ``val_split`` of each class held out, by a shuffle seeded
+    with ``seed``; a ``resume`` reuses the split kept in ``run_dir``.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise SqueezeNetError(f"{root}: no such folder")
+    if is_split_tree(root):
+        if val_split is not None:
+            raise SqueezeNetError(
+                f"{root}: has train/ and val/ already; --val-split is for a tree of class "
+                "folders without them"
+            )
+        train = labelled_folder(root / "train", preprocess)
+        val = labelled_folder(root / "val", preprocess, train.classes, draft_size=preprocess.resize)
+        if train.classes is not None and val.classes != train.classes:
+            extra = sorted(set(val.classes or []) - set(train.classes))
+            raise SqueezeNetError(
+                f"{root / 'val'}: class folders not in train/: {', '.join(extra)}"
+            )
+        return train, val, None
+    if resume and (run_dir / SPLIT_FILE).is_file():
+        split = read_split(run_dir)
+    else:
+        split = split_folder(root, val_split or DEFAULT_VAL_SPLIT, seed)
+    train, val = split_datasets(split, preprocess, draft_size=preprocess.resize)
+    return train, val, split

@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -43,17 +42,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..data.cache import PixelCache, cached_pixels, square_pixels
+from ..data.cache import PixelCache, cached_pixels, check_every_class_readable, square_pixels
 from ..data.datasets import (
     SPLIT_FILE,
     ImageDataset,
     collate_skipping,
-    imagenet_classes,
-    is_split_tree,
-    labelled_folder,
-    read_split,
-    split_datasets,
-    split_folder,
+    readable_names,
+    train_val_datasets,
 )
 from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
@@ -64,6 +59,7 @@ from ..weights.info import WeightsInfo
 from ..weights.load import create_model, load_model, save_model
 from .augment import AugmentedDataset, TrainTransform
 from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
+from .distributed import Processes, setup_processes, sum_over_processes, val_shard
 from .plots import plot_confusion, plot_curves
 from .recipes import Recipe, finetune_recipe, scratch_recipe
 
@@ -72,7 +68,6 @@ STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and 
 MAX_RETRIES = 3  # divergences recovered from (each at a 10x lower rate) before giving up
 MAX_VALIDATIONS = 10  # per run: more epochs than this are validated every k-th epoch
 VAL_KEYS = ("val_loss", "val_top1", "val_top5", "val_n", "val_skipped")
-DEFAULT_VAL_SPLIT = 0.2
 
 
 @dataclass
@@ -127,19 +122,6 @@ class TrainResult:
     best_top1: float
     run_dir: Path
     config: TrainConfig  # with every recipe field resolved
-
-
-@dataclass
-class Processes:
-    """This process's place among the training processes."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -258,68 +240,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def _setup_processes(device: str | None) -> Processes:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if world == 1:
-        return Processes(0, 1, dev)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), dev)
-
-
-def _sum_over_processes(t: torch.Tensor, procs: Processes) -> torch.Tensor:
-    if procs.world > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def _readable_names(class_ids: list[str]) -> list[str]:
-    """ImageNet names for wnid folders, else the folder names themselves."""
-    imagenet = imagenet_classes()
-    if imagenet and set(class_ids) <= set(imagenet[0]):
-        names = dict(zip(*imagenet, strict=True))
-        return [names[c] for c in class_ids]
-    return list(class_ids)
-
-
-def load_data(
-    cfg: TrainConfig, preprocess: Preprocess, resume: bool
-) -> tuple[ImageDataset, ImageDataset, dict | None]:
-    """The train and val datasets, labelled consistently, and the split made (if any).
-
-    A tree with ``train/`` and ``val/`` is used as it is; any other class-folder tree (or
-    ``labels.csv`` folder) is split: ``val_split`` of each class held out, by a seeded shuffle,
-    and the split is kept in the run folder for ``--resume``, ``evaluate`` and ``compress``.
-    """
-    root, run_dir = Path(cfg.data), Path(cfg.out)
-    if not root.is_dir():
-        raise SqueezeNetError(f"{root}: no such folder")
-    if is_split_tree(root):
-        if cfg.val_split is not None:
-            raise SqueezeNetError(
-                f"{root}: has train/ and val/ already; --val-split is for a tree of class "
-                "folders without them"
-            )
-        train = labelled_folder(root / "train", preprocess)
-        val = labelled_folder(root / "val", preprocess, train.classes, draft_size=preprocess.resize)
-        if train.classes is not None and val.classes != train.classes:
-            extra = sorted(set(val.classes or []) - set(train.classes))
-            raise SqueezeNetError(
-                f"{root / 'val'}: class folders not in train/: {', '.join(extra)}"
-            )
-        return train, val, None
-    if resume and (run_dir / SPLIT_FILE).is_file():
-        split = read_split(run_dir)
-    else:
-        split = split_folder(root, cfg.val_split or DEFAULT_VAL_SPLIT, cfg.seed)
-    train, val = split_datasets(split, preprocess, draft_size=preprocess.resize)
-    return train, val, split
-
-
 def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None) -> TrainConfig:
     """Fill the ``None`` fields that define the run from the data, the weights and the recipe."""
     for name in ("epochs", "batch_size", "micro_batch", "image_size"):
@@ -433,21 +353,6 @@ def _micro_batch_limit(cfg: TrainConfig, procs: Processes) -> int:
     return cfg.micro_batch or (256 if procs.device.type == "cuda" else 64)
 
 
-def _shard(val: ImageDataset, procs: Processes) -> ImageDataset:
-    rank, world = procs.rank, procs.world
-    files, labels = val.files[rank::world], val.labels[rank::world]
-    return ImageDataset(files, labels, val.transform, draft_size=val.draft_size)
-
-
-def _check_every_class_readable(train: ImageDataset, cache: PixelCache) -> None:
-    """A class whose training images are all unreadable is an error naming its folder."""
-    unreadable = Counter(train.labels[i] for i in cache.bad)
-    for label, count in Counter(train.labels).items():
-        if unreadable[label] == count:
-            folder = train.files[train.labels.index(label)].parent
-            raise SqueezeNetError(f"{folder}: no readable image among its {count} training images")
-
-
 def _warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -465,7 +370,9 @@ class Trainer:
             )
         pretrained = load_model(cfg.weights) if cfg.weights and state is None else None
         preset = self._preset(state, pretrained)
-        train, self.val, self.split = load_data(cfg, preset, resume)
+        train, self.val, self.split = train_val_datasets(
+            cfg.data, self.out, cfg.val_split, cfg.seed, preset, resume
+        )
         if state is not None:
             _check_resume_data(state, cfg, train)
         self.cfg = cfg = resolve(cfg, train, pretrained)
@@ -516,7 +423,7 @@ class Trainer:
         info = model.weights_info
         info.preprocess, info.num_classes = self.preset, cfg.num_classes
         info.class_ids = class_ids
-        info.classes = _readable_names(class_ids) if class_ids else None
+        info.classes = readable_names(class_ids) if class_ids else None
         info.source, info.file_format, info.entry, info.sha256 = (
             str(self.out),
             "safetensors",
@@ -571,7 +478,7 @@ class Trainer:
         transform = TrainTransform(cfg.image_size, self.preset, cfg.min_scale)
         cache = self._pixel_cache(train, workers) if cfg.cache else None
         if cache is not None:
-            _check_every_class_readable(train, cache)
+            check_every_class_readable(train, cache)
         order = EpochOrder()
         loader = DataLoader(
             AugmentedDataset(train, transform, cfg.seed, cache),
@@ -802,7 +709,7 @@ class Trainer:
             sums[3] += len(y)
             sums[4] += skipped
         sums[0] = float(self.guard.requested)
-        stop, *rest = _sum_over_processes(sums, procs).tolist()
+        stop, *rest = sum_over_processes(sums, procs).tolist()
         totals = EpochTotals(*rest)
         if progress.first_loss is None and math.isfinite(totals.mean_loss):
             progress.first_loss = totals.mean_loss
@@ -832,7 +739,7 @@ class Trainer:
     def _validate(self) -> tuple[dict, np.ndarray]:
         """Loss, top-1/top-5 and confusion matrix on the validation split (sharded over ranks)."""
         procs, n_cls = self.procs, self.cfg.num_classes
-        shard = _shard(self.val, procs)
+        shard = val_shard(self.val, procs)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             x = x.to(procs.device, memory_format=self.memory_format)
@@ -858,7 +765,7 @@ class Trainer:
         loss = F.cross_entropy(logits, target, reduction="sum").item() if keep.size else 0.0
         in_top5 = (top == target[:, None]).any(1).sum().item()
         sums = torch.tensor([loss, in_top5, keep.size, len(skipped)], dtype=torch.float64)
-        summed = _sum_over_processes(torch.cat([sums, confusion.flatten()]).to(procs.device), procs)
+        summed = sum_over_processes(torch.cat([sums, confusion.flatten()]).to(procs.device), procs)
         loss, in_top5, n, n_skipped = summed[:4].tolist()
         confusion = summed[4:].cpu().reshape(n_cls, n_cls).numpy().astype(np.int64)
         n = max(n, 1)
@@ -933,7 +840,7 @@ def train(
     optimizer step (and after any checkpoint it triggered). Under torchrun, every process calls
     this with the same config; rank 0 does all file I/O.
     """
-    procs = _setup_processes(cfg.device)
+    procs = setup_processes(cfg.device)
     try:
         return Trainer(cfg, procs, resume).fit(on_step)
     finally:
