@@ -73,7 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="image decoding processes (default: cores)")
+    p.add_argument(
+        "--workers", type=int, help="image decoding processes (default: cores - 1, at most 4)"
+    )
     p.add_argument("--calibration", metavar="DIR", help="images to calibrate an int8 backend on")
 
 
