@@ -21,11 +21,13 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
 import squeezenet
-from squeezenet.data.datasets import shared_dir
+from squeezenet.data.datasets import list_images, shared_dir
 from squeezenet.inference.backends import INT8_BACKENDS, installed_backends, optimize
 from squeezenet.inference.bench import bench, format_table
 from squeezenet.inference.fold import batch_norm_fires
@@ -91,6 +93,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--part", choices=["speed", "accuracy", "both"], default="both")
+    parser.add_argument(
+        "--plain",
+        choices=["yes", "no", "only"],
+        default="yes",
+        help="also time plain v1.0 and v1.1 (only: not the old network)",
+    )
+    parser.add_argument("--backends", type=lambda s: s.split(","), help="default: all installed")
+    parser.add_argument(
+        "--calibration-images", type=int, default=60,
+        help="int8 calibration images for the timing (speed does not depend on it)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()}; {os.cpu_count()} cores", flush=True)
@@ -102,18 +115,30 @@ def main() -> None:
     print(f"load average {os.getloadavg()}")
 
 
+def calibration_folder(count: int) -> Path:
+    """A temporary folder linking ``count`` Imagenette train images spread over the classes."""
+    files = list_images([shared_dir() / "data/imagenette/train"])
+    folder = Path(tempfile.mkdtemp())
+    for f in files[:: max(1, len(files) // count)][:count]:
+        (folder / f"{f.parent.name}_{f.name}").symlink_to(f)
+    return folder
+
+
 def speed(args: argparse.Namespace) -> None:
-    calibration = shared_dir() / "data/imagenette/train"
+    calibration = calibration_folder(args.calibration_images)
+    options = {"batches": [BATCH], "threads": [args.threads], "repeats": args.repeats}
+    options.update(backends=args.backends, calibration=calibration, progress=False)
+    if args.plain != "only":
+        old_network_speed(args, options)
+    for weights in (V10, V11) if args.plain != "no" else ():
+        result = bench(weights=str(shared_dir() / weights), **options)
+        print("\n" + format_table(result), flush=True)
+
+
+def old_network_speed(args: argparse.Namespace, options: dict) -> None:
     before = old_code_seconds(args.chainer, args.threads, 3)
     print(f"old code: {before * 1e3:.0f} ms per batch of {BATCH}", flush=True)
-    old = bench(
-        weights=str(shared_dir() / OLD),
-        batches=[BATCH],
-        threads=[args.threads],
-        repeats=args.repeats,
-        calibration=calibration,
-        progress=False,
-    )
+    old = bench(weights=str(shared_dir() / OLD), **options)
     after = old_code_seconds(args.chainer, args.threads, 3)
     print(f"old code again: {after * 1e3:.0f} ms per batch of {BATCH}", flush=True)
     chainer = statistics.mean([before, after])
@@ -123,16 +148,6 @@ def speed(args: argparse.Namespace) -> None:
     for r in old["rows"]:
         print(f"| {r['backend']} | {r['seconds'] * 1e3:.1f} | {chainer / r['seconds']:.1f}x |")
     sys.stdout.flush()
-    for weights in (V10, V11):
-        result = bench(
-            weights=str(shared_dir() / weights),
-            batches=[BATCH],
-            threads=[args.threads],
-            repeats=args.repeats,
-            calibration=calibration,
-            progress=False,
-        )
-        print("\n" + format_table(result), flush=True)
 
 
 if __name__ == "__main__":
