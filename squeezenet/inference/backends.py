@@ -30,12 +30,10 @@ import onnx
 import torch
 from torch import nn
 
-from ..data.datasets import imagenet_classes
-from ..data.transforms import Preprocess, get_preset
 from ..errors import SqueezeNetError
 from ..weights.detect import sha256_file
 from ..weights.formats.onnx import metadata
-from ..weights.load import WeightsInfo
+from ..weights.info import WeightsInfo
 from .export import input_shape, onnx_model, read_onnx
 from .fold import fold_batch_norm
 
@@ -333,26 +331,10 @@ class OnnxModel(nn.Module):
 
 def _info(meta: dict, path: Path, outputs: int, preprocess: str | None) -> WeightsInfo:
     """WeightsInfo from an ONNX file's metadata, with defaults for files from elsewhere."""
-    num_classes = int(meta.get("num_classes") or outputs)
-    if preprocess or "preprocess" not in meta:
-        preset = get_preset(preprocess or "torchvision")
-    else:
-        preset = Preprocess.from_dict(meta["preprocess"])
-    classes, class_ids = meta.get("classes"), meta.get("class_ids")
-    if classes is None and num_classes == 1000:
-        class_ids, classes = imagenet_classes() or (None, None)
-    return WeightsInfo(
-        arch=meta.get("arch", "onnx"),
-        model_kwargs=meta.get("model_kwargs", {}),
-        num_classes=num_classes,
-        preprocess=preset,
-        classes=classes,
-        class_ids=class_ids,
-        source=str(path),
-        sha256=sha256_file(path),
-        file_format="onnx",
-        entry=meta.get("entry"),
-    )
+    meta = {"arch": "onnx", **meta, "num_classes": meta.get("num_classes") or outputs}
+    overrides = {"preprocess": preprocess} if preprocess else {}
+    origin = {"source": str(path), "sha256": sha256_file(path), "file_format": "onnx"}
+    return WeightsInfo.from_meta(meta, **origin, **overrides)
 
 
 def open_onnx(spec: str | Path, backend: str, preprocess: str | None = None) -> OnnxModel | None:
