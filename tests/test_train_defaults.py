@@ -140,7 +140,7 @@ def test_class_without_a_readable_image_is_named(plain, tmp_path, capsys):
     ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
+    assert len(err) == 2 and err[0].startswith("training squeezenet1_1")  # then the error
     assert err[-1].endswith(
         f": {data / CLASSES[1]}: no readable image among its 10 training images"
     )

@@ -476,12 +476,9 @@ class Trainer:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         workers = cfg.workers if cfg.workers is not None else min(4, (os.cpu_count() or 1) // local)
         transform = TrainTransform(cfg.image_size, self.preset, cfg.min_scale)
-        cache = self._pixel_cache(train, workers) if cfg.cache else None
-        if cache is not None:
-            check_every_class_readable(train, cache)
         order = EpochOrder()
         loader = DataLoader(
-            AugmentedDataset(train, transform, cfg.seed, cache),
+            AugmentedDataset(train, transform, cfg.seed),  # its cache comes in fit()
             batch_size=self.micro,
             sampler=order,
             num_workers=workers,
@@ -496,8 +493,13 @@ class Trainer:
         )
         return order, loader, sampler
 
+    def _attach_cache(self) -> None:
+        """Training images decoded once at validation's resize side; rank 0 builds the cache."""
+        images: AugmentedDataset = self.loader.dataset
+        images.cache = self._pixel_cache(images.base, self.loader.num_workers)
+        check_every_class_readable(images.base, images.cache)
+
     def _pixel_cache(self, train: ImageDataset, workers: int) -> PixelCache:
-        """Training images decoded once at validation's resize side; rank 0 builds it."""
         side = self.preset.resize
 
         def build() -> PixelCache:
@@ -542,6 +544,8 @@ class Trainer:
             if self.split is not None:
                 atomic_write_bytes(self.out / SPLIT_FILE, json.dumps(self.split).encode())
             print(self.describe(), file=sys.stderr)
+        if self.cfg.cache:
+            self._attach_cache()
         with self.guard:
             try:
                 if self.cfg.weights and not self.progress.history:
