@@ -205,3 +205,29 @@ def test_long_runs_validate_about_ten_times_and_always_at_the_end():
 
     assert validated(3) == [1, 2, 3]
     assert validated(38) == [4, 8, 12, 16, 20, 24, 28, 32, 36, 38]
+
+
+def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        str(plain),
+        "--archs",
+        "squeezenet1_1",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    [row] = json.loads((out / "compare.json").read_text())
+    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.005 * 8 / 128)
+    split = json.loads((out / "squeezenet1_1" / "split.json").read_text())
+    assert len(split["val"]) == 8 and round(row["top1"] * 8) == row["top1"] * 8
