@@ -21,6 +21,19 @@ from squeezenet.engine.train import Trainer, loss_diverged
 from squeezenet.errors import SqueezeNetError
 from squeezenet.models import list_models
 
+# one short epoch of small images, no worker processes
+QUICK = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--image-size",
+    "64",
+    "--workers",
+    "0",
+    "--no-progress",
+]
+
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
@@ -79,15 +92,7 @@ def test_plain_tree_is_split_written_into_the_run_and_reused(plain, tmp_path, ca
         str(plain),
         "--out",
         str(run),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--image-size",
-        "64",
-        "--workers",
-        "0",
-        "--no-progress",
+        *QUICK,
     ]
     assert main(args) == 0
     first_line = capsys.readouterr().err.splitlines()[0]
@@ -128,15 +133,7 @@ def test_class_without_a_readable_image_is_named(plain, tmp_path, capsys):
         str(data),
         "--out",
         str(tmp_path / "run"),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--image-size",
-        "64",
-        "--workers",
-        "0",
-        "--no-progress",
+        *QUICK,
     ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -216,15 +213,7 @@ def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
         "squeezenet1_1",
         "--out",
         str(out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--image-size",
-        "64",
-        "--workers",
-        "0",
-        "--no-progress",
+        *QUICK,
     ]
     assert main(args) == 0
     [row] = json.loads((out / "compare.json").read_text())
