@@ -612,6 +612,7 @@ class Trainer:
 
     def _recover(self, error: Diverged, snapshot: dict) -> None:
         """Back to the epoch's start at a 10x lower rate, or the end of the run."""
+        self.guard.busy = False  # the step that diverged ended here
         retries = self.progress.retries + 1
         if retries > MAX_RETRIES:
             best = self.out / "best.safetensors"
