@@ -27,9 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..inference.pipeline import topk_accuracy
-from ..weights.formats import _huffman as huffman
 from ..weights.formats import sqz as container
-from ..weights.formats._codebook import FLOAT_DTYPES, MAX_GAP_BITS, table_bytes
 from .kmeans import codebooks
 from .prune import bake, density, layer_roles
 from .reconstruct import Calibration, LayerProblem, reconstruct, sibling_groups, single_thread
@@ -61,29 +59,8 @@ class Option:
 
 def record_bytes(codes: torch.Tensor, k: int, dtype: str, gap_bits: int | None = None) -> int:
     """Exact size of the container record of a tensor with these codes (0: pruned) and a
-    codebook of ``k`` values, from the symbol counts of its streams (no encoding needed):
-    the codebook, the code-length tables, and the Huffman-coded codes and gaps at the gap
-    width that gives the smallest record, as ``sqz.pack`` chooses it."""
-    flat = codes.reshape(-1).numpy()
-    positions = np.flatnonzero(flat)
-    itemsize = np.dtype(FLOAT_DTYPES[dtype]).itemsize
-    best = None
-    for g in [gap_bits] if gap_bits is not None else range(MAX_GAP_BITS + 1):
-        if g == 0:
-            code_counts, gap_counts = np.bincount(flat, minlength=k), np.zeros(0, np.int64)
-        else:  # runs of 2**g zeros or more take filler entries (code 0, the largest gap)
-            skipped = np.diff(positions, prepend=-1) - 1
-            trailing = (flat.size - 1 - (positions[-1] if len(positions) else -1)) >> g
-            fillers = int((skipped >> g).sum()) + trailing
-            code_counts = np.bincount(flat[positions], minlength=k)
-            code_counts[0] += fillers
-            gap_counts = np.bincount(skipped & ((1 << g) - 1), minlength=1 << g)
-            gap_counts[-1] += fillers
-        size = table_bytes(k, g)
-        for counts in (code_counts, gap_counts):
-            size += (huffman.encoded_bits(counts, huffman.code_lengths(counts)) + 7) // 8
-        best = size if best is None else min(best, size)
-    return k * itemsize + best
+    codebook of ``k`` values, as ``sqz.pack`` writes it, from the symbol counts alone."""
+    return container.shared_record_bytes(codes.cpu().numpy(), k, dtype, gap_bits)
 
 
 def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
