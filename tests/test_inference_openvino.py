@@ -54,10 +54,15 @@ def test_openvino_gives_the_module_logits_in_true_fp32(model):
     assert relative_error(forward(x[1:2]), expected[1:2]) < 1e-4  # another batch size
 
 
+@pytest.fixture(scope="module", params=["v1_0", "v1_1"])
+def trained_model(request):
+    """The real ImageNet weights (the shared seed-format file is untrained: no top class)."""
+    return squeezenet.load_model(shared_path(WEIGHTS[request.param]))
+
+
 @needs_openvino
-def test_openvino_int8_calibrates_on_real_images_and_keeps_the_top_class(model):
-    if model.weights_info.arch == "squeezenet1_0_chainer":
-        pytest.skip("the shared seed-format file is untrained: its top class means nothing")
+def test_openvino_int8_calibrates_on_real_images_and_keeps_the_top_class(trained_model):
+    model = trained_model
     calibration = calibration_images(
         shared_path(TRAIN), model.weights_info.preprocess, 20, progress=False
     )

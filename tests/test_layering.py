@@ -126,6 +126,26 @@ def test_the_named_rules_hold():
             assert not any(layer_of(t) == "engine" for t in targets), module
 
 
+def owner_of_private(module: str) -> str | None:
+    """The package that owns ``module`` if a part of its name is private (``_x``), else None."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def test_private_modules_are_imported_only_inside_their_package():
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in graph().items()
+        for target in sorted(targets)
+        if (owner := owner_of_private(target)) and not module.startswith(owner + ".")
+    ]
+    assert not wrong, "private modules imported from outside their package:\n" + "\n".join(wrong)
+    assert owner_of_private("squeezenet.weights.formats._codebook") == "squeezenet.weights.formats"
+
+
 def test_the_walker_sees_lazy_and_relative_imports():
     source = "from ..compress import pipeline\n\ndef f():\n    from . import layers, Layers\n"
     assert imports_in(source, "squeezenet.weights") == {
