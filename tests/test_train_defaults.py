@@ -13,6 +13,7 @@ import pytest
 from test_train import CLASSES, NCNN, make_subset
 
 from squeezenet.cli import main
+from squeezenet.compress.distill import _dataset
 from squeezenet.data.cache import cached_pixels, square_pixels
 from squeezenet.data.datasets import split_folder, stratified_split
 from squeezenet.data.transforms import load_image
@@ -20,6 +21,7 @@ from squeezenet.engine.recipes import SCRATCH, finetune_recipe
 from squeezenet.engine.train import Trainer, loss_diverged
 from squeezenet.errors import SqueezeNetError
 from squeezenet.models import list_models
+from squeezenet.weights.load import load_model
 
 # one short epoch of small images, no worker processes
 QUICK = [
@@ -105,6 +107,11 @@ def test_plain_tree_is_split_written_into_the_run_and_reused(plain, tmp_path, ca
     best = str(run / "best.safetensors")
     assert main(["evaluate", str(run), "--weights", best, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 8
+    # compress --data RUN calibrates on the run's training share, never on its held-out images
+    calibration, labelled = _dataset(run, load_model(best))
+    assert labelled and {str(f.relative_to(plain)) for f in calibration.files} == {
+        f for f, _ in split["train"]
+    }
     # --resume reuses the saved split even if the folder gained images since
     shutil.copy(next((plain / CLASSES[0]).iterdir()), plain / CLASSES[0] / "extra.JPEG")
     try:

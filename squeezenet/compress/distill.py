@@ -17,7 +17,14 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from ..data.datasets import ImageDataset, labelled_folder, list_images
+from ..data.datasets import (
+    SPLIT_FILE,
+    ImageDataset,
+    labelled_folder,
+    list_images,
+    read_split,
+    split_datasets,
+)
 from ..errors import SqueezeNetError
 from ..inference.pipeline import loader_for
 
@@ -37,6 +44,9 @@ class Cache:
 def _dataset(folder: Path, teacher: nn.Module) -> tuple[ImageDataset, bool]:
     """The folder as a dataset, and whether its labels are indices of the teacher's classes."""
     info = teacher.weights_info
+    if (folder / SPLIT_FILE).is_file():  # a training run: its training share, never its held-out
+        dataset = split_datasets(read_split(folder), info.preprocess, info.preprocess.resize)[0]
+        return dataset, dataset.classes == info.class_ids
     try:
         dataset = labelled_folder(
             folder, info.preprocess, info.class_ids, draft_size=info.preprocess.resize
