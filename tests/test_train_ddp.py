@@ -23,7 +23,8 @@ RECIPE = [
     "--arch", "squeezenet1_1", "--epochs", "1", "--batch-size", "8", "--micro-batch", "2",
     "--lr", "0.02", "--backbone-lr", "1", "--momentum", "0.9", "--weight-decay", "0",
     "--warmup", "0", "--schedule", "linear", "--label-smoothing", "0.1", "--min-scale", "0.25",
-    "--image-size", "64", "--seed", "3", "--workers", "0", "--device", "cpu", "--no-progress",
+    "--image-size", "64", "--seed", "3", "--workers", "0", "--device", "cpu", "--no-bf16",
+    "--no-progress",
 ]  # fmt: skip
 
 

@@ -44,7 +44,11 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
         help="decode the images every epoch instead of once into a cache",
     )
     p.add_argument("--micro-batch", type=int, help="images per forward (default 64 CPU, 256 GPU)")
-    p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 autocast (default: on where the CPU or GPU computes bf16 natively)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--workers", type=int, help="image decoding processes per training process")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)

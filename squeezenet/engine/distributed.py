@@ -38,6 +38,20 @@ def setup_processes(device: str | None) -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), dev)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (AVX512-BF16/AMX CPUs, recent GPUs).
+
+    There bf16 autocast trains about twice as fast as fp32 (benchmarks/RESULTS.md); elsewhere
+    it is emulated and slower, so it stays off.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return bool(native and native())
+    return False
+
+
 def sum_over_processes(t: torch.Tensor, procs: Processes) -> torch.Tensor:
     """``t`` summed over every process, in place."""
     if procs.world > 1:

@@ -59,7 +59,7 @@ from ..weights.info import WeightsInfo
 from ..weights.load import create_model, load_model, save_model
 from .augment import AugmentedDataset, TrainTransform
 from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
-from .distributed import Processes, setup_processes, sum_over_processes, val_shard
+from .distributed import Processes, native_bf16, setup_processes, sum_over_processes, val_shard
 from .plots import plot_confusion, plot_curves
 from .recipes import Recipe, finetune_recipe, scratch_recipe
 
@@ -98,7 +98,7 @@ class TrainConfig:
     cache: bool = True  # decode training images once into a memory-mapped file
     # How to run (free to change on --resume):
     micro_batch: int | None = None  # images per forward per process (default 64 CPU, 256 GPU)
-    bf16: bool = False
+    bf16: bool | None = None  # bfloat16 autocast; default: where the device computes it natively
     channels_last: bool = True
     device: str | None = None
     workers: int | None = None
@@ -382,6 +382,8 @@ class Trainer:
         self.preset = preset.with_size(cfg.image_size)
         self.val.transform, self.val.draft_size = self.preset, self.preset.resize
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.bf16 is None:
+            self.cfg = cfg = dataclasses.replace(cfg, bf16=native_bf16(procs.device))
         self.autocast = torch.autocast(procs.device.type, torch.bfloat16, enabled=cfg.bf16)
         self._seed_everything()
         self.model = self._build_model(state, pretrained, train.classes)
@@ -534,6 +536,7 @@ class Trainer:
             f"{cfg.lr:g}"
             + (f" (pretrained layers x{cfg.backbone_lr:g})" if cfg.weights else "")
             + f", {cfg.schedule}, {cfg.image_size}px, {self.procs.device}"
+            + (" bf16" if cfg.bf16 else "")
             + (f"; {head}" if head else "")
             + split
         )
@@ -747,9 +750,8 @@ class Trainer:
         shard = val_shard(self.val, procs)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            x = x.to(procs.device, memory_format=self.memory_format)
-            with self.autocast:
-                return self.model(x).float().cpu()
+            # fp32 even under --bf16: the numbers must be what `evaluate` gives for the file
+            return self.model(x.to(procs.device, memory_format=self.memory_format)).cpu()
 
         self.model.eval()
         logits, skipped = run_inference(
