@@ -65,7 +65,7 @@ def test_finetune_recipe_gives_small_folders_enough_steps():
     # (images) -> (batch, epochs): at least 8 steps an epoch, about 450 steps in all
     got = {n: (r.batch_size, r.epochs) for n in (100, 500, 9469) for r in [finetune_recipe(n)]}
     assert got == {100: (8, 38), 500: (32, 30), 9469: (64, 3)}
-    assert finetune_recipe(500).lr_for(32) == pytest.approx(0.005)  # 0.01 at batch 64
+    assert finetune_recipe(500).lr == pytest.approx(0.001)  # 0.002 at batch 64
 
 
 def test_divergence_rule():
