@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from squeezenet.engine.distributed import native_bf16
 from squeezenet.models import build_model
 
 
@@ -64,7 +65,9 @@ def epoch_rate(data: Path, out: Path, args, cache: bool) -> float:
 
 
 def network_rate(arch: str, batch: int, size: int, classes: int, steps: int = 4) -> float:
-    """SGD steps of the network alone on random tensors (channels_last fp32, as train runs)."""
+    """SGD steps of the network alone on random tensors (channels_last, and bf16 autocast where
+    the CPU computes bf16, as ``squeezenet train`` runs by default)."""
+    bf16 = native_bf16(torch.device("cpu"))
     model = build_model(arch, num_classes=classes).train().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -72,7 +75,9 @@ def network_rate(arch: str, batch: int, size: int, classes: int, steps: int = 4)
     rates = []
     for i in range(steps + 1):
         start = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i:
@@ -105,6 +110,7 @@ def main() -> None:
     print(
         f"{args.arch}, {args.size}px, batch {args.batch}, {args.workers} workers, "
         f"{torch.get_num_threads()} threads, {args.per_class} images/class, "
+        f"{'bf16 autocast' if native_bf16(torch.device('cpu')) else 'fp32'}, "
         f"load average {load:.1f}"
     )
     net = statistics.median(rates["network alone"])

@@ -17,8 +17,9 @@ from squeezenet.compress.distill import _dataset
 from squeezenet.data.cache import cached_pixels, square_pixels
 from squeezenet.data.datasets import split_folder, stratified_split
 from squeezenet.data.transforms import load_image
+from squeezenet.engine.distributed import setup_processes
 from squeezenet.engine.recipes import SCRATCH, finetune_recipe
-from squeezenet.engine.train import Trainer, loss_diverged
+from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged
 from squeezenet.errors import SqueezeNetError
 from squeezenet.models import list_models
 from squeezenet.weights.load import load_model
@@ -66,6 +67,20 @@ def test_finetune_recipe_gives_small_folders_enough_steps():
     got = {n: (r.batch_size, r.epochs) for n in (100, 500, 9469) for r in [finetune_recipe(n)]}
     assert got == {100: (8, 38), 500: (32, 30), 9469: (64, 3)}
     assert finetune_recipe(500).lr == pytest.approx(0.001)  # 0.002 at batch 64
+
+
+@pytest.mark.parametrize("reset_head, head_scale", [(False, 1.0), (True, 5.0)])
+def test_a_new_classifier_learns_faster_than_kept_rows(plain, tmp_path, reset_head, head_scale):
+    """Kept ImageNet rows are pretrained like the rest; only a new classifier gets x5."""
+    from conftest import shared_path
+
+    cfg = TrainConfig(
+        str(plain), str(tmp_path / "run"), weights=str(shared_path(NCNN)), reset_head=reset_head
+    )
+    trainer = Trainer(cfg, setup_processes("cpu"), resume=False)
+    head, rest = trainer.optimizer.param_groups
+    assert [p.shape for p in head["params"]] == [(4, 512, 1, 1), (4,)]  # conv10 for 4 classes
+    assert (head["lr_scale"], rest["lr_scale"]) == (head_scale, 0.05)
 
 
 def test_divergence_rule():

@@ -21,7 +21,12 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backbone-lr",
         type=float,
-        help="pretrained layers' rate as a fraction of --lr (fine-tuning: 0.1)",
+        help="pretrained layers' rate as a fraction of --lr (fine-tuning: 0.05)",
+    )
+    p.add_argument(
+        "--new-head-lr",
+        type=float,
+        help="a new classifier's rate as a multiple of --lr (fine-tuning: 5)",
     )
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)

@@ -92,4 +92,5 @@ def load_state(run_dir: Path) -> dict:
         raise SqueezeNetError(f"{path}: damaged training state ({reason})") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise SqueezeNetError(f"{path}: not a training state written by this version")
+    state["config"].setdefault("new_head_lr", 1.0)  # older states: a new classifier moved at lr
     return state

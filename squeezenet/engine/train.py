@@ -67,6 +67,7 @@ SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
 STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and every epoch)
 MAX_RETRIES = 3  # divergences recovered from (each at a 10x lower rate) before giving up
 MAX_VALIDATIONS = 10  # per run: more epochs than this are validated every k-th epoch
+NEW_HEAD = "new classifier"
 VAL_KEYS = ("val_loss", "val_top1", "val_top5", "val_n", "val_skipped")
 
 
@@ -87,6 +88,7 @@ class TrainConfig:
     batch_size: int | None = None  # global images per optimizer step
     lr: float | None = None  # peak rate of the classifier (and of everything from scratch)
     backbone_lr: float | None = None  # pretrained layers' rate as a fraction of lr
+    new_head_lr: float | None = None  # a new classifier's rate as a multiple of lr
     momentum: float | None = None
     weight_decay: float | None = None
     warmup: float | None = None  # fraction of all steps spent warming up linearly
@@ -295,7 +297,7 @@ def _make_model(
         info.extra["head"] = "classifier rows of the weights' own classes kept"
     elif cfg.reset_head or info.num_classes != cfg.num_classes:
         pretrained.reset_classifier(cfg.num_classes)
-        info.extra["head"] = "new classifier"
+        info.extra["head"] = NEW_HEAD
     return pretrained
 
 
@@ -437,12 +439,13 @@ class Trainer:
         return model.to(self.procs.device, memory_format=self.memory_format)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """SGD; the classifier at ``lr``, the other layers at ``lr x backbone_lr``."""
+        """SGD; the classifier at ``lr`` (``x new_head_lr`` if new), the rest ``x backbone_lr``."""
         cfg = self.cfg
         head = {id(p) for p in self.model.get_classifier().parameters()}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        head_scale = cfg.new_head_lr if self._new_head() else 1.0
         groups = [
-            {"params": [p for p in trainable if id(p) in head], "lr_scale": 1.0},
+            {"params": [p for p in trainable if id(p) in head], "lr_scale": head_scale},
             {"params": [p for p in trainable if id(p) not in head], "lr_scale": cfg.backbone_lr},
         ]
         return torch.optim.SGD(
@@ -451,6 +454,9 @@ class Trainer:
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
+
+    def _new_head(self) -> bool:
+        return self.model.weights_info.extra.get("head") == NEW_HEAD
 
     def _steps_per_epoch(self) -> int:
         steps = self.n_train // self.procs.world // (self.micro * self.accum)
@@ -534,7 +540,12 @@ class Trainer:
             f"({self.steps} steps/epoch x {cfg.epochs} epochs): global batch {cfg.batch_size} = "
             f"{self.procs.world} process(es) x {self.accum} accumulation x {self.micro}, lr "
             f"{cfg.lr:g}"
-            + (f" (pretrained layers x{cfg.backbone_lr:g})" if cfg.weights else "")
+            + (
+                f" ({f'new classifier x{cfg.new_head_lr:g}, ' if self._new_head() else ''}"
+                f"pretrained layers x{cfg.backbone_lr:g})"
+                if cfg.weights
+                else ""
+            )
             + f", {cfg.schedule}, {cfg.image_size}px, {self.procs.device}"
             + (" bf16" if cfg.bf16 else "")
             + (f"; {head}" if head else "")
