@@ -59,21 +59,12 @@ def finetuned(tiny, tmp_path_factory):
     from conftest import shared_path
 
     out = tmp_path_factory.mktemp("run") / "ft"
+    # the recipe pinned: these tests check the run's mechanics, not the defaults
     cfg = TrainConfig(
-        str(tiny),
-        str(out),
-        weights=str(shared_path(NCNN)),
-        reset_head=True,
-        epochs=4,
-        batch_size=8,
-        image_size=96,
-        lr=0.002,
-        backbone_lr=0.1,
-        new_head_lr=1.0,
-        label_smoothing=0.1,
-        workers=0,
-        progress=False,
-    )  # fmt: skip  (the recipe pinned: these tests check the run's mechanics, not the defaults)
+        str(tiny), str(out), weights=str(shared_path(NCNN)), reset_head=True, epochs=4,
+        batch_size=8, image_size=96, lr=0.002, backbone_lr=0.1, new_head_lr=1.0,
+        label_smoothing=0.1, workers=0, progress=False,
+    )  # fmt: skip
     return train(cfg)
 
 
