@@ -42,6 +42,9 @@ def test_compare_writes_table_json_and_chart(shared, tmp_path, capsys):
     assert main(["compare", str(data), "--out", str(out), *ARGS]) == 0
     again = json.loads((out / "compare.json").read_text())
     assert [(r["top1"], r["top5"]) for r in again] == [(r["top1"], r["top5"]) for r in rows]
+    # ... and keep the training time of the run that trained them
+    assert [r["train_min"] for r in again] == [r["train_min"] for r in rows]
+    assert all(r["train_min"] > 0 for r in rows)
 
 
 def test_compare_unknown_arch_is_a_clear_error(tmp_path, capsys):

@@ -141,6 +141,8 @@ def test_finetune_loss_falls_and_writes_run_files(finetuned):
         assert (run / name).stat().st_size > 0, name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] for r in rows] == [h["val_top1"] for h in finetuned.history]
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert 0 < elapsed[0] and elapsed == sorted(elapsed)  # the run's wall time so far
     _, meta = safetensors.read(run / "best.safetensors")
     assert meta["class_ids"] == CLASSES and set(meta["classes"]) == NAMES
     assert meta["num_classes"] == 4 and meta["preprocess"]["crop"] == 96

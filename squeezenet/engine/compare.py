@@ -86,9 +86,7 @@ def compare(archs: list[str], base: TrainConfig, same_recipe: bool = False) -> l
     rows = []
     for arch in archs:
         cfg = dataclasses.replace(base, arch=arch, out=str(out / arch), weights=None)
-        start = time.monotonic()
         result = train(cfg, resume=(out / arch / STATE_FILE).exists())
-        minutes = (time.monotonic() - start) / 60
         last, info = result.history[-1], result.model.weights_info
         size = info.preprocess.crop
         stats = model_stats(build_model(arch, num_classes=info.num_classes), size)
@@ -102,7 +100,7 @@ def compare(archs: list[str], base: TrainConfig, same_recipe: bool = False) -> l
                 "top1": last["val_top1"],
                 "top5": last["val_top5"],
                 "train_img_s": float(np.median([h["train_images_per_s"] for h in result.history])),
-                "train_min": minutes,
+                "train_min": last["elapsed_s"] / 60,  # the whole run's, over every resume
                 "latency_b1_ms": latency_ms(result.model, 1, size, device),
                 "latency_b20_ms": latency_ms(result.model, 20, size, device),
                 "image_size": size,

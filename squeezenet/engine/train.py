@@ -157,6 +157,7 @@ class Progress:
     step: int = 0  # optimizer steps taken in all
     totals: EpochTotals = field(default_factory=EpochTotals)
     train_time: float = 0.0  # seconds spent in this epoch's steps
+    elapsed: float = 0.0  # wall seconds of the whole run, over every resume
     history: list[dict] = field(default_factory=list)
     best_top1: float = -1.0
     confusion: list[list[int]] | None = None  # of the last validation
@@ -399,7 +400,7 @@ class Trainer:
         self.order, self.loader, self.sampler = self._build_loader(train)
         self.guard = StopGuard()
         self.warned_stuck = False
-        self.last_save = time.monotonic()
+        self.last_save = self.ticked = time.monotonic()
 
     # -- set-up steps, in the order __init__ calls them --
 
@@ -593,8 +594,15 @@ class Trainer:
         progress = self.progress
         return TrainResult(self.model, progress.history, progress.best_top1, self.out, self.cfg)
 
+    def _tick(self) -> None:
+        """Add the wall time since the last tick (or the start of this process) to the run's."""
+        now = time.monotonic()
+        self.progress.elapsed += now - self.ticked
+        self.ticked = now
+
     def save(self) -> None:
         """Rank 0 writes last.safetensors and state.pt (both atomically)."""
+        self._tick()
         self.last_save = time.monotonic()
         if not self.procs.is_main:
             return
@@ -812,6 +820,7 @@ class Trainer:
         seen = progress.totals
         validated = metrics is not None
         metrics = metrics or dict.fromkeys(VAL_KEYS)
+        self._tick()
         row = {
             "epoch": progress.epoch + 1 if trained else 0,
             "step": progress.step,
@@ -821,6 +830,7 @@ class Trainer:
             **metrics,
             "train_images_per_s": seen.seen / max(progress.train_time, 1e-9) if trained else None,
             "train_skipped": int(seen.skipped),
+            "elapsed_s": progress.elapsed,
             "stuck": self._check_stuck(seen.mean_loss, seen.top1) if trained else False,
         }
         progress.history.append(row)
