@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def compare(archs: list[str], base: TrainConfig, same_recipe: bool = False) -> l
                 "top1": last["val_top1"],
                 "top5": last["val_top5"],
                 "train_img_s": float(np.median([h["train_images_per_s"] for h in result.history])),
-                "train_min": last["elapsed_s"] / 60,  # the whole run's, over every resume
+                "train_min": last.get("elapsed_s", math.nan) / 60,  # over every resume
                 "latency_b1_ms": latency_ms(result.model, 1, size, device),
                 "latency_b20_ms": latency_ms(result.model, 20, size, device),
                 "image_size": size,
