@@ -52,7 +52,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
-        help="bfloat16 autocast (default: on where the CPU or GPU computes bf16 natively)",
+        help="bfloat16 autocast (default: on when fine-tuning where the CPU or GPU has bf16)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--workers", type=int, help="image decoding processes per training process")

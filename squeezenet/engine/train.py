@@ -100,7 +100,7 @@ class TrainConfig:
     cache: bool = True  # decode training images once into a memory-mapped file
     # How to run (free to change on --resume):
     micro_batch: int | None = None  # images per forward per process (default 64 CPU, 256 GPU)
-    bf16: bool | None = None  # bfloat16 autocast; default: where the device computes it natively
+    bf16: bool | None = None  # bfloat16 autocast; default: fine-tuning where the device has bf16
     channels_last: bool = True
     device: str | None = None
     workers: int | None = None
@@ -385,8 +385,9 @@ class Trainer:
         self.preset = preset.with_size(cfg.image_size)
         self.val.transform, self.val.draft_size = self.preset, self.preset.resize
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        if cfg.bf16 is None:
-            self.cfg = cfg = dataclasses.replace(cfg, bf16=native_bf16(procs.device))
+        if cfg.bf16 is None:  # from scratch, plain SqueezeNet's conv10 died under CPU bf16
+            bf16 = bool(cfg.weights) and native_bf16(procs.device)
+            self.cfg = cfg = dataclasses.replace(cfg, bf16=bf16)
         self.autocast = torch.autocast(procs.device.type, torch.bfloat16, enabled=cfg.bf16)
         self._seed_everything()
         self.model = self._build_model(state, pretrained, train.classes)
