@@ -537,17 +537,13 @@ class Trainer:
             else ""
         )
         mode = "fine-tuning" if cfg.weights else "from scratch"
+        new_head = f"new classifier x{cfg.new_head_lr:g}, " if self._new_head() else ""
+        rates = f" ({new_head}pretrained layers x{cfg.backbone_lr:g})" if cfg.weights else ""
         return (
             f"training {cfg.arch} ({mode}) on {self.n_train} images of {cfg.num_classes} classes "
             f"({self.steps} steps/epoch x {cfg.epochs} epochs): global batch {cfg.batch_size} = "
             f"{self.procs.world} process(es) x {self.accum} accumulation x {self.micro}, lr "
-            f"{cfg.lr:g}"
-            + (
-                f" ({f'new classifier x{cfg.new_head_lr:g}, ' if self._new_head() else ''}"
-                f"pretrained layers x{cfg.backbone_lr:g})"
-                if cfg.weights
-                else ""
-            )
+            f"{cfg.lr:g}{rates}"
             + f", {cfg.schedule}, {cfg.image_size}px, {self.procs.device}"
             + (" bf16" if cfg.bf16 else "")
             + (f"; {head}" if head else "")
