@@ -867,7 +867,12 @@ def train(
     """
     procs = setup_processes(cfg.device)
     try:
-        return Trainer(cfg, procs, resume).fit(on_step)
+        result = Trainer(cfg, procs, resume).fit(on_step)
+        if procs.world > 1:
+            # Rank 0 still writes plots while the others are done: a rank that tore its gloo
+            # group down then was seen to abort (SIGABRT) once in about 7 runs.
+            dist.barrier()
+        return result
     finally:
         if procs.world > 1:
             dist.destroy_process_group()
