@@ -14,7 +14,7 @@ from conftest import shared_path
 
 import squeezenet
 from squeezenet.cli import main
-from squeezenet.compress import prune
+from squeezenet.compress import pipeline, prune
 from squeezenet.compress.pipeline import Options, compress
 from squeezenet.compress.report import layer_table
 from squeezenet.compress.search import (
@@ -104,6 +104,35 @@ def test_target_bytes_is_honoured_and_the_report_is_the_file(searched):
     assert len({c.bits for c in result.choices.values()}) > 1  # not one setting for all
     chosen = report.search.chosen
     assert chosen.size == size and chosen.accuracy["n"] == 8
+
+
+def test_fine_tuning_in_a_search_never_sees_the_held_out_images(ten, searched, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    """``--epochs`` distils each candidate's centroids on --data's images other than the
+    held-out ones, and the file still fits the budget (fine-tuning moves values, not codes)."""
+    seen = {"tuned": [], "held": []}
+    real_distill, real_accuracy = pipeline.distill, pipeline.heldout_accuracy
+
+    def distill(model, cache, **kwargs):
+        seen["tuned"].append(cache.images.clone())
+        return real_distill(model, cache, **kwargs)
+
+    def accuracy(model, images, labels):
+        seen["held"].append(images.clone())
+        return real_accuracy(model, images, labels)
+
+    monkeypatch.setattr(pipeline, "distill", distill)
+    monkeypatch.setattr(pipeline, "heldout_accuracy", accuracy)
+    out = tmp_path / "tuned.sqz"
+    options = Options(data=shared_path("data/imagenette/train"), target_bytes=BUDGET, epochs=1,
+                      images=8, label_weight=0, progress=False, **SMALL)  # fmt: skip
+    report = compress(ten, out, options)
+    assert out.stat().st_size == report.results[0].size <= BUDGET
+    assert seen["tuned"] and all(len(t) == 16 for t in seen["tuned"])  # 8 calibration + 8 more
+    held = {bytes(image.numpy()) for image in seen["held"][0]}
+    assert len(held) == 8
+    assert not held & {bytes(image.numpy()) for image in seen["tuned"][0]}
+    assert out.read_bytes() != searched[0][0].read_bytes()  # the centroids moved
 
 
 def test_the_choice_is_deterministic_for_a_seed(searched):

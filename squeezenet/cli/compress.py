@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=defaults.epochs,
         help="passes over the images to fine-tune the centroids (default: 0 after obs, 2 after "
-        "magnitude)",
+        "magnitude); in a budget search, of each candidate before it is measured",
     )
     p.add_argument("--lr", type=float, default=defaults.lr, help="centroid learning rate")
     p.add_argument("--temperature", type=float, default=defaults.temperature)

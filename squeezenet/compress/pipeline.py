@@ -316,8 +316,9 @@ def _search(
     floor: int,
 ) -> Result:  # fmt: skip
     """Per-layer bits and densities for the budget (see ``search``); writes ``output``."""
+    extra = options.images if options.epochs else 0  # fine-tuning images beyond calibration
     cache = cache_images(
-        options.data, teacher, options.calibration + options.holdout, seed=options.seed,
+        options.data, teacher, options.calibration + options.holdout + extra, seed=options.seed,
         batch_size=options.batch_size, progress=options.progress,
     )  # fmt: skip
     if len(cache) <= options.calibration:
@@ -325,11 +326,14 @@ def _search(
             f"{options.data}: {len(cache)} images, fewer than --calibration "
             f"{options.calibration} plus a held-out split"
         )
-    # the first images calibrate, the rest decide; both come from one seeded permutation
-    calibration, held = cache.images[: options.calibration], cache.images[options.calibration :]
-    labels = cache.labels[options.calibration :]
+    # One seeded permutation: the first images calibrate, the last decide (held out), and
+    # fine-tuning sees all but the held-out ones.
+    holdout = min(options.holdout, len(cache) - options.calibration)
+    tune = Cache(*(t[: len(cache) - holdout] for t in (cache.images, cache.labels, cache.targets)))
+    calibration, held = cache.images[: options.calibration], cache.images[len(tune) :]
+    labels = cache.labels[len(tune) :]
     if (labels < 0).any():  # no labels in the model's classes: agreement with the original
-        labels = cache.targets[options.calibration :].float().argmax(1)
+        labels = cache.targets[len(tune) :].float().argmax(1)
     table = sensitivities(
         student, calibration, bits=options.search_bits, densities=options.search_densities,
         dtype=options.dtype, gap_bits=options.gap_bits, progress=options.progress,
@@ -359,6 +363,14 @@ def _search(
                     options.dtype, options.gap_bits,
                 )  # fmt: skip
                 data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
+        if options.epochs:  # the centroids (and biases) against the original's outputs
+            distill(
+                model, tune, epochs=options.epochs, lr=options.lr,
+                temperature=options.temperature, label_weight=options.label_weight,
+                batch_size=options.batch_size, seed=options.seed,
+                progress=options.progress, desc="fine-tuning the centroids",
+            )  # fmt: skip
+            data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
         candidate = Candidate(choices, planned, predicted, len(data))
         candidate.accuracy = heldout_accuracy(model, held, labels)
         search.candidates.append(candidate)
