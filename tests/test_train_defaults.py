@@ -10,8 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from test_train import CLASSES, NCNN, make_subset
 
+import squeezenet
 from squeezenet.cli import main
 from squeezenet.compress.distill import _dataset
 from squeezenet.data.cache import cached_pixels, square_pixels
@@ -217,6 +219,25 @@ def test_absurd_learning_rate_recovers_and_never_ruins_best(shared, tmp_path, ca
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(best)
 
 
+def test_dead_outputs_are_retried_then_reported_in_one_line(shared, tmp_path, capsys):
+    """Plain SqueezeNet's conv10 ReLU can die (every logit 0, no gradient): the run goes back
+    to the epoch's start at a lower rate instead of training on at chance level."""
+    data = make_subset(tmp_path / "data", shared, {"train": 8, "val": 4})
+    torch.manual_seed(0)
+    dead = squeezenet.create_model("squeezenet1_1", num_classes=len(CLASSES))
+    torch.nn.init.constant_(dead.classifier[1].bias, -100.0)  # conv10 negative for every input
+    squeezenet.save_model(dead, tmp_path / "dead.safetensors")
+    code = main(["train", str(data), "--out", str(tmp_path / "run"), "--weights",
+                 str(tmp_path / "dead.safetensors"), "--epochs", "30", "--batch-size", "8",
+                 "--image-size", "64", "--workers", "0", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.count("the network's outputs died (the same logits for every image") == 4
+    assert "(retry 3 of 3)" in err
+    last = err.strip().splitlines()[-1]
+    assert "after 3 retries at 10x lower rates: lower --lr" in last and "best.safetensors" in last
+
+
 def test_long_runs_validate_about_ten_times_and_always_at_the_end():
     def validated(epochs: int) -> list[int]:
         run = SimpleNamespace(cfg=SimpleNamespace(epochs=epochs))
@@ -239,6 +260,6 @@ def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
     ]
     assert main(args) == 0
     [row] = json.loads((out / "compare.json").read_text())
-    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.005 * 8 / 128)
+    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.002 * 8 / 128)
     split = json.loads((out / "squeezenet1_1" / "split.json").read_text())
     assert len(split["val"]) == 8 and round(row["top1"] * 8) == row["top1"] * 8

@@ -66,6 +66,7 @@ from .recipes import Recipe, finetune_recipe, scratch_recipe
 SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
 STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and every epoch)
 MAX_RETRIES = 3  # divergences recovered from (each at a 10x lower rate) before giving up
+DEAD_STEPS = 10  # consecutive steps with the same logits for every image: the outputs died
 MAX_VALIDATIONS = 10  # per run: more epochs than this are validated every k-th epoch
 NEW_HEAD = "new classifier"
 VAL_KEYS = ("val_loss", "val_top1", "val_top5", "val_n", "val_skipped")
@@ -171,10 +172,7 @@ class Progress:
 
 
 class Diverged(Exception):
-    """The loss exploded or became NaN in an optimizer step."""
-
-    def __init__(self, loss: float, step: int, lr: float) -> None:
-        super().__init__(f"the loss became {loss:.3g} at step {step} (lr {lr:.3g})")
+    """The loss exploded or became NaN in an optimizer step, or the network's outputs died."""
 
 
 class StopGuard:
@@ -401,6 +399,7 @@ class Trainer:
         self.order, self.loader, self.sampler = self._build_loader(train)
         self.guard = StopGuard()
         self.warned_stuck = False
+        self.dead_steps = 0  # consecutive steps whose logits were the same for every image
         self.last_save = self.ticked = time.monotonic()
 
     # -- set-up steps, in the order __init__ calls them --
@@ -632,6 +631,7 @@ class Trainer:
     def _recover(self, error: Diverged, snapshot: dict) -> None:
         """Back to the epoch's start at a 10x lower rate, or the end of the run."""
         self.guard.busy = False  # the step that diverged ended here
+        self.dead_steps = 0
         retries = self.progress.retries + 1
         if retries > MAX_RETRIES:
             best = self.out / "best.safetensors"
@@ -708,8 +708,9 @@ class Trainer:
         procs, progress = self.procs, self.progress
         torch.manual_seed(step_seed(self.cfg.seed, progress.step, procs.rank))
         lr = self._set_lr()
-        # stop requested, loss sum, correct, seen, skipped: summed over processes at the end
-        sums = torch.zeros(5, dtype=torch.float64, device=procs.device)
+        # stop requested, loss sum, correct, seen, skipped, micro-batches whose logits were the
+        # same for every image: summed over processes at the end
+        sums = torch.zeros(6, dtype=torch.float64, device=procs.device)
         for k in range(self.accum):
             batch = next(batches)
             if batch is None:
@@ -732,15 +733,26 @@ class Trainer:
             sums[2] += (logits.argmax(1) == y).sum()
             sums[3] += len(y)
             sums[4] += skipped
+            sums[5] += float(len(y) > 1 and bool((logits.amax(0) == logits.amin(0)).all()))
         sums[0] = float(self.guard.requested)
-        stop, *rest = sum_over_processes(sums, procs).tolist()
+        stop, *rest, dead = sum_over_processes(sums, procs).tolist()
         totals = EpochTotals(*rest)
         if progress.first_loss is None and math.isfinite(totals.mean_loss):
             progress.first_loss = totals.mean_loss
         reference = max(progress.first_loss or 0.0, math.log(self.cfg.num_classes))
         if loss_diverged(totals.mean_loss, reference):
             self.optimizer.zero_grad(set_to_none=True)
-            raise Diverged(totals.mean_loss, progress.step, lr)
+            raise Diverged(f"the loss became {totals.mean_loss:.3g} at step {progress.step} "
+                           f"(lr {lr:.3g})")  # fmt: skip
+        # Dead outputs (every ReLU before the logits at 0, as in plain SqueezeNet's conv10) get no
+        # gradient: the run would go on at chance level without ever recovering.
+        self.dead_steps = self.dead_steps + 1 if dead == self.accum * procs.world else 0
+        if self.dead_steps >= DEAD_STEPS:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise Diverged(
+                f"the network's outputs died (the same logits for every image for {DEAD_STEPS} "
+                f"steps) at step {progress.step} (lr {lr:.3g})"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return bool(stop), totals
