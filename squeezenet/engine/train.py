@@ -767,8 +767,9 @@ class Trainer:
             _warn(
                 f"training loss {loss:.3f} is stuck at ln({cfg.num_classes}) = "
                 f"{math.log(cfg.num_classes):.3f} after {self.progress.step} steps: the network "
-                "outputs no signal (typical of networks without BatchNorm, like SqueezeNet, at too "
-                f"high a learning rate); try a lower --lr than {cfg.lr:g} or a *_bn architecture"
+                "has learned nothing yet (plain SqueezeNet starts slowly, and at too high a rate "
+                f"its outputs die); if it stays there, try a lower --lr than {cfg.lr:g} or a *_bn "
+                "architecture"
             )
         return stuck
 
