@@ -733,7 +733,8 @@ class Trainer:
             sums[2] += (logits.argmax(1) == y).sum()
             sums[3] += len(y)
             sums[4] += skipped
-            sums[5] += float(len(y) > 1 and bool((logits.amax(0) == logits.amin(0)).all()))
+            if len(y) > 1:  # a tensor sum, not a bool: no device sync per micro-batch
+                sums[5] += (logits.amax(0) == logits.amin(0)).all()
         sums[0] = float(self.guard.requested)
         stop, *rest, dead = sum_over_processes(sums, procs).tolist()
         totals = EpochTotals(*rest)
