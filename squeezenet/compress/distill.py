@@ -40,6 +40,9 @@ class Cache:
     def __len__(self) -> int:
         return len(self.images)
 
+    def __getitem__(self, part: slice) -> Cache:
+        return Cache(self.images[part], self.labels[part], self.targets[part])
+
 
 def _dataset(folder: Path, teacher: nn.Module) -> tuple[ImageDataset, bool]:
     """The folder as a dataset, and whether its labels are indices of the teacher's classes."""

@@ -328,12 +328,11 @@ def _search(
         )
     # One seeded permutation: the first images calibrate, the last decide (held out), and
     # fine-tuning sees all but the held-out ones.
-    holdout = min(options.holdout, len(cache) - options.calibration)
-    tune = Cache(*(t[: len(cache) - holdout] for t in (cache.images, cache.labels, cache.targets)))
-    calibration, held = cache.images[: options.calibration], cache.images[len(tune) :]
-    labels = cache.labels[len(tune) :]
+    split = len(cache) - min(options.holdout, len(cache) - options.calibration)
+    tune, decide = cache[:split], cache[split:]
+    calibration, held, labels = cache.images[: options.calibration], decide.images, decide.labels
     if (labels < 0).any():  # no labels in the model's classes: agreement with the original
-        labels = cache.targets[len(tune) :].float().argmax(1)
+        labels = decide.targets.float().argmax(1)
     table = sensitivities(
         student, calibration, bits=options.search_bits, densities=options.search_densities,
         dtype=options.dtype, gap_bits=options.gap_bits, progress=options.progress,
