@@ -68,6 +68,9 @@ def test_finetune_recipe_gives_small_folders_enough_steps():
     # (images) -> (batch, epochs): at least 8 steps an epoch, about 450 steps in all
     got = {n: (r.batch_size, r.epochs) for n in (100, 500, 9469) for r in [finetune_recipe(n)]}
     assert got == {100: (8, 38), 500: (32, 30), 9469: (64, 3)}
+    # a new classifier learns from nothing: twice the steps (capped at 50 epochs)
+    new = {n: finetune_recipe(n, new_head=True).epochs for n in (100, 500, 9469)}
+    assert new == {100: 50, 500: 50, 9469: 6}
     assert finetune_recipe(500).lr == pytest.approx(0.001)  # 0.002 at batch 64
 
 

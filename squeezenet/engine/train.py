@@ -252,7 +252,14 @@ def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None)
             f"--num-classes {cfg.num_classes} but {cfg.data} has {found} class folders"
         )
     arch = cfg.arch or (pretrained.weights_info.arch if pretrained else "squeezenet1_1")
-    recipe = finetune_recipe(len(train)) if cfg.weights else scratch_recipe(arch)
+    num_classes = cfg.num_classes or found
+    if cfg.weights:
+        new_head = pretrained is not None and _new_classifier(
+            cfg, pretrained, train.classes, num_classes
+        )
+        recipe = finetune_recipe(len(train), new_head)
+    else:
+        recipe = scratch_recipe(arch)
     batch_size = cfg.batch_size or recipe.batch_size
     filled = {n: getattr(recipe, n) for n in RECIPE_FIELDS if getattr(cfg, n) is None}
     cfg = dataclasses.replace(
@@ -263,7 +270,7 @@ def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None)
             "lr": cfg.lr if cfg.lr is not None else recipe.lr_for(batch_size),
         },
         arch=arch,
-        num_classes=cfg.num_classes or found,
+        num_classes=num_classes,
         image_size=cfg.image_size or default_input_size(arch),
     )
     if cfg.schedule not in ("cosine", "linear"):
@@ -290,14 +297,28 @@ def _make_model(
     info = pretrained.weights_info
     if info.arch != cfg.arch:
         raise SqueezeNetError(f"{cfg.weights}: holds {info.arch} weights, not {cfg.arch}")
-    known = info.class_ids or []
-    if not cfg.reset_head and class_ids and set(class_ids) <= set(known):
-        _keep_rows(pretrained, [known.index(c) for c in class_ids])
+    if _keeps_rows(cfg, pretrained, class_ids):
+        _keep_rows(pretrained, [info.class_ids.index(c) for c in class_ids])
         info.extra["head"] = "classifier rows of the weights' own classes kept"
-    elif cfg.reset_head or info.num_classes != cfg.num_classes:
+    elif _new_classifier(cfg, pretrained, class_ids, cfg.num_classes):
         pretrained.reset_classifier(cfg.num_classes)
         info.extra["head"] = NEW_HEAD
     return pretrained
+
+
+def _keeps_rows(cfg: TrainConfig, pretrained: nn.Module, class_ids: list[str] | None) -> bool:
+    """Whether the classifier keeps the weights' rows: they know every class of the data."""
+    known = pretrained.weights_info.class_ids or []
+    return not cfg.reset_head and bool(class_ids) and set(class_ids) <= set(known)
+
+
+def _new_classifier(
+    cfg: TrainConfig, pretrained: nn.Module, class_ids: list[str] | None, num_classes: int
+) -> bool:
+    """Whether training starts from a new classifier (asked for, or the classes differ)."""
+    if _keeps_rows(cfg, pretrained, class_ids):
+        return False
+    return cfg.reset_head or pretrained.weights_info.num_classes != num_classes
 
 
 def _keep_rows(model: nn.Module, rows: list[int]) -> None:
