@@ -21,7 +21,7 @@ from squeezenet.data.datasets import split_folder, stratified_split
 from squeezenet.data.transforms import load_image
 from squeezenet.engine.distributed import setup_processes
 from squeezenet.engine.recipes import SCRATCH, finetune_recipe
-from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged
+from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged, resolve
 from squeezenet.errors import SqueezeNetError
 from squeezenet.models import list_models
 from squeezenet.weights.load import load_model
@@ -86,6 +86,30 @@ def test_a_new_classifier_learns_faster_than_kept_rows(plain, tmp_path, reset_he
     head, rest = trainer.optimizer.param_groups
     assert [p.shape for p in head["params"]] == [(4, 512, 1, 1), (4,)]  # conv10 for 4 classes
     assert (head["lr_scale"], rest["lr_scale"]) == (head_scale, 0.05)
+
+
+class _Folder:
+    """What ``resolve`` reads of a training set: its size, labels and class ids."""
+
+    def __init__(self, classes: list[str], n: int) -> None:
+        self.classes, self.labels = classes, [k % len(classes) for k in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@pytest.mark.parametrize(
+    "classes, reset_head, epochs",
+    [(CLASSES, False, 3), (CLASSES, True, 6), (["cat", "dog", "fox", "owl"], False, 6)],
+)
+def test_a_new_classifier_gets_twice_the_steps(classes, reset_head, epochs):
+    """Imagenette-sized data: 3 epochs for kept ImageNet rows, 6 for a new classifier (asked
+    for, or because the folders are not ImageNet classes)."""
+    from conftest import shared_path
+
+    cfg = TrainConfig("data", "run", weights=str(shared_path(NCNN)), reset_head=reset_head)
+    got = resolve(cfg, _Folder(classes, 9469), load_model(shared_path(NCNN)))
+    assert (got.batch_size, got.epochs) == (64, epochs)
 
 
 def test_divergence_rule():
