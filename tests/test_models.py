@@ -86,3 +86,14 @@ def test_forward_features_head_and_reset_classifier():
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(SqueezeNetError, match="unknown architecture 'squeezenet2'"):
         build_model("squeezenet2")
+
+
+@pytest.mark.parametrize("arch", ["squeezenet1_0", "squeezenet1_1", "squeezenet1_1_bn"])
+def test_a_new_squeezenet_starts_with_every_class_map_alive(arch):
+    """conv10's biases start at 1, so its ReLU passes at least 90% of the positions at first; at
+    torchvision's 0, half the positions of every class map start dead."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10).eval()
+    with torch.no_grad():
+        before_relu = model.classifier[1](model.features(torch.randn(4, 3, 128, 128)))
+    assert (before_relu > 0).float().mean() > 0.9

@@ -287,6 +287,6 @@ def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
     ]
     assert main(args) == 0
     [row] = json.loads((out / "compare.json").read_text())
-    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.002 * 8 / 128)
+    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.01 * 8 / 128)
     split = json.loads((out / "squeezenet1_1" / "split.json").read_text())
     assert len(split["val"]) == 8 and round(row["top1"] * 8) == row["top1"] * 8

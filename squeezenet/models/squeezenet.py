@@ -74,6 +74,14 @@ class Fire(nn.Module):
         return out
 
 
+# conv10 is followed by a ReLU: a class map pushed below zero everywhere gets no gradient again,
+# and with few classes (most images push a map down) training from scratch at a useful rate
+# killed them (benchmarks/RESULTS.md). Biases of 1 give the ReLUs positive inputs at the start,
+# as Krizhevsky et al. (2012) did for AlexNet's ReLU layers; only differences between the
+# logits matter to the softmax, so the offset itself costs nothing.
+CONV10_BIAS = 1.0
+
+
 class SqueezeNet(nn.Module):
     """SqueezeNet with torchvision's module layout; see the module docstring for options."""
 
@@ -126,6 +134,7 @@ class SqueezeNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """torchvision's initialisation, but conv10's biases start at 1 (see CONV10_BIAS)."""
         final_conv = self.classifier[1]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -134,7 +143,7 @@ class SqueezeNet(nn.Module):
                 else:
                     nn.init.kaiming_uniform_(m.weight)
                 if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                    nn.init.constant_(m.bias, CONV10_BIAS if m is final_conv else 0.0)
 
     def get_classifier(self) -> nn.Module:
         return self.fc if self.fc is not None else self.classifier[1]
