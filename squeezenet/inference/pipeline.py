@@ -8,7 +8,7 @@ so a worker sends 4x fewer bytes and does no float arithmetic.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,33 @@ def loader_for(dataset: ImageDataset, batch_size: int, workers: int | None) -> D
     )
 
 
+def batch_logits(
+    forward: Forward,
+    dataset: ImageDataset,
+    *,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
+    """Batch by batch, in dataset order: ``(start, stop, index, logits)``, the positions of the
+    batch, the indices among them that were decoded and their logits (None when none was).
+
+    ``normalize`` makes each collated batch the network's input: ``Preprocess.normalize`` for a
+    dataset of ``Preprocess.pixels``; None for a dataset that yields it already.
+    """
+    start = 0
+    with torch.inference_mode():
+        for batch in loader_for(dataset, batch_size, workers):
+            stop = min(start + batch_size, len(dataset))
+            if batch is None:  # every image of this batch failed
+                yield start, stop, np.zeros(0, np.int64), None
+            else:
+                x, _, index, _ = batch
+                out = forward(normalize(x) if normalize else x).float().numpy()
+                yield start, stop, index.numpy(), out
+            start = stop
+
+
 def run(
     forward: Forward,
     dataset: ImageDataset,
@@ -54,26 +81,20 @@ def run(
     progress: bool = True,
     desc: str = "images",
 ) -> tuple[np.ndarray, list[int]]:
-    """Logits for every readable image, in dataset order; also the indices that were skipped.
-
-    ``normalize`` makes each collated batch the network's input: ``Preprocess.normalize`` for a
-    dataset of ``Preprocess.pixels``; None for a dataset that yields it already.
-    """
+    """Logits for every readable image, in dataset order; also the indices that were skipped."""
     logits = np.zeros((len(dataset), 0), np.float32)
     seen = np.zeros(len(dataset), bool)
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for batch in loader_for(dataset, batch_size, workers):
-            if batch is None:
-                bar.update(batch_size)
-                continue
-            x, _, index, skipped = batch
-            out = forward(normalize(x) if normalize else x).float().numpy()
+    batches = batch_logits(
+        forward, dataset, normalize=normalize, batch_size=batch_size, workers=workers
+    )
+    for start, stop, index, out in batches:
+        if out is not None:
             if logits.shape[1] == 0:
                 logits = np.zeros((len(dataset), out.shape[1]), np.float32)
-            logits[index.numpy()] = out
-            seen[index.numpy()] = True
-            bar.update(len(index) + skipped)
+            logits[index] = out
+            seen[index] = True
+        bar.update(stop - start)
     bar.close()
     return logits, [i for i in range(len(dataset)) if not seen[i]]
 

@@ -21,7 +21,7 @@ import torch
 from ..data.datasets import ImageDataset, list_images
 from ..data.transforms import load_image
 from ..errors import SqueezeNetError
-from .pipeline import Forward, loader_for, top_classes
+from .pipeline import Forward, batch_logits, top_classes
 
 
 @dataclass
@@ -60,27 +60,26 @@ def predict_stream(
     files = [str(f) for f in files]
     # workers send uint8 pixels; each batch is normalised once here, as evaluate does
     dataset = ImageDataset(files, None, preprocess.pixels, draft_size=preprocess.resize)
-    forward = forward or model
-    start = 0
-    with torch.inference_mode():
-        for batch in loader_for(dataset, batch_size, workers):
-            stop = min(start + batch_size, len(files))
-            if batch is None:  # every image of this batch failed
-                index, logits = np.zeros(0, np.int64), np.zeros((0, info.num_classes), np.float32)
-            else:
-                x, _, index, _ = batch
-                index, logits = index.numpy(), forward(preprocess.normalize(x)).float().numpy()
-            missing = sorted(set(range(start, stop)) - set(index.tolist()))
-            yield Batch(
-                [
-                    {"file": files[i], "top": top_classes(row, info, topk)}
-                    for i, row in zip(index, logits, strict=True)
-                ],
-                logits,
-                [(files[i], _decode_error(files[i])) for i in missing],
-                files[start:stop],
-            )
-            start = stop
+    batches = batch_logits(
+        forward or model,
+        dataset,
+        normalize=preprocess.normalize,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    for start, stop, index, logits in batches:
+        if logits is None:
+            logits = np.zeros((0, info.num_classes), np.float32)
+        missing = sorted(set(range(start, stop)) - set(index.tolist()))
+        yield Batch(
+            [
+                {"file": files[i], "top": top_classes(row, info, topk)}
+                for i, row in zip(index, logits, strict=True)
+            ],
+            logits,
+            [(files[i], _decode_error(files[i])) for i in missing],
+            files[start:stop],
+        )
 
 
 def _decode_error(file: str) -> str:
