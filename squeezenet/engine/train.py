@@ -225,8 +225,13 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "l
     return 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
 
 
-def loss_is_stuck(loss: float, top1: float, num_classes: int) -> bool:
-    """A loss within 2% of ln(classes) with chance accuracy: the network outputs nothing."""
+def loss_is_stuck(loss: float, top1: float, num_classes: int, step: int, epochs_done: int) -> bool:
+    """A loss within 2% of ln(classes) with chance accuracy: the network outputs nothing.
+
+    Only after a first epoch or ``STUCK_CHECK_STEPS`` steps: before, a slow start looks the same.
+    """
+    if step < STUCK_CHECK_STEPS and epochs_done < 1:
+        return False
     chance = math.log(num_classes)
     return abs(loss - chance) < 0.02 * chance and top1 < 1.5 / num_classes
 
@@ -780,11 +785,10 @@ class Trainer:
         return bool(stop), totals
 
     def _check_stuck(self, loss: float, acc: float) -> bool:
-        """Whether the loss sits at ln(classes); warn once, after the first epoch or 200 steps."""
-        cfg = self.cfg
-        stuck = loss_is_stuck(loss, acc, cfg.num_classes)
-        settled = self.progress.step >= STUCK_CHECK_STEPS or self.progress.epoch >= 1
-        if stuck and settled and not self.warned_stuck:
+        """Whether the loss sits at ln(classes) (``loss_is_stuck``); warn the first time."""
+        cfg, progress = self.cfg, self.progress
+        stuck = loss_is_stuck(loss, acc, cfg.num_classes, progress.step, progress.epoch)
+        if stuck and not self.warned_stuck:
             self.warned_stuck = True
             _warn(
                 f"training loss {loss:.3f} is stuck at ln({cfg.num_classes}) = "
