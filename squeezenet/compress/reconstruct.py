@@ -2,22 +2,19 @@
 
 Magnitude pruning and nearest-centroid rounding ignore what a layer's inputs look like. Here
 each layer, in data-flow order, sees its real inputs ``X`` (calibration images through the
-already-compressed layers before it) and its weights are chosen to keep its output close to
-the original model's output of that layer (``corrected``: the error the layers before it left
-is undone, not passed on): with ``H = X Xᵀ``, weights are removed (pruned, then rounded to a
+already-compressed layers before it) and its weights are chosen to keep ``W X`` close to the
+original layer's output: with ``H = X Xᵀ``, weights are removed (pruned, then rounded to a
 shared centroid) one input column at a time, and the error each removal causes is pushed
 onto the columns not yet fixed through the inverse Hessian (Optimal Brain Surgeon). The bias
 is the last column: never rounded, it absorbs what is left of the mean error. Which weights
 to prune is chosen the same way, block by block, by the OBS saliency ``w² / [H⁻¹]ᵢᵢ²``.
 
-References: Frantar & Alistarh, SparseGPT (2023); Frantar et al., GPTQ (2023); Li et al.,
-GPTQv2 / GPTAQ, asymmetric calibration (2025); Hassibi & Stork, Optimal Brain Surgeon (1993).
+References: Frantar & Alistarh, SparseGPT (2023); Frantar et al., GPTQ (2023); Hassibi &
+Stork, Optimal Brain Surgeon (1993).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -98,9 +95,9 @@ class Calibration:
                 seen += len(x)
         return torch.cat(outputs)[:count]
 
-    def _layer_inputs(self, modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
-        """Batch by batch, each module's input columns (``_columns``); the modules must be in
-        one block and must not feed each other (e.g. a Fire module's two expand layers)."""
+    def hessians(self, modules: list[nn.Module]) -> list[torch.Tensor]:
+        """``Σ X Xᵀ`` (float64) of each module's input columns; the modules must be in one
+        block and must not feed each other (e.g. a Fire module's two expand layers)."""
         index = self._block_of(modules[0])
         with torch.inference_mode():
             while self.position < index:
@@ -108,49 +105,32 @@ class Calibration:
                 self.inputs = [block(self._batch(i)) for i in range(len(self.inputs))]
                 self.position += 1
         block = self.blocks[index]
-        captured: list = []
+        hessians: list = [None] * len(modules)
+        pending: set[int] = set()
 
         def hook(i: int, module: nn.Module):
             def capture(_, inputs):
-                captured[i] = _columns(module, inputs[0].float())
-                if all(c is not None for c in captured):
+                cols = _columns(module, inputs[0].float())
+                hessians[i] = cols.T @ cols if hessians[i] is None else hessians[i] + cols.T @ cols
+                pending.discard(i)
+                if not pending:
                     raise _Stop
 
             return capture
 
         handles = [m.register_forward_pre_hook(hook(i, m)) for i, m in enumerate(modules)]
         try:
-            for i in range(len(self.inputs)):
-                captured[:] = [None] * len(modules)
-                with torch.inference_mode():
+            with torch.inference_mode():
+                for i in range(len(self.inputs)):
+                    pending.update(range(len(modules)))
                     try:
                         block(self._batch(i))
                     except _Stop:
                         pass
-                yield list(captured)
         finally:
             for handle in handles:
                 handle.remove()
-
-    def hessians(self, modules: list[nn.Module]) -> list[torch.Tensor]:
-        """``H = Σ Xᵀ X`` (float64) of each module's input columns ``X``."""
-        total: list = [0.0] * len(modules)
-        for columns in self._layer_inputs(modules):
-            total = [t + x.T @ x for t, x in zip(total, columns, strict=True)]
-        return [t.cpu() for t in total]
-
-    def hessians_against(
-        self, modules: list[nn.Module], reference: Calibration, originals: list[nn.Module]
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(H, C)`` of each module: ``H`` as in ``hessians``, and ``C = Σ Xᵀ X₀`` with ``X₀``
-        the inputs the same layer (``originals``) gets in ``reference``, the original model."""
-        h: list = [0.0] * len(modules)
-        c: list = [0.0] * len(modules)
-        batches = zip(self._layer_inputs(modules), reference._layer_inputs(originals), strict=True)
-        for ours, theirs in batches:
-            for i, (x, x0) in enumerate(zip(ours, theirs, strict=True)):
-                h[i], c[i] = h[i] + x.T @ x, c[i] + x.T @ x0
-        return [(a.cpu(), b.cpu()) for a, b in zip(h, c, strict=True)]
+        return [h.cpu() for h in hessians]
 
 
 def sibling_groups(roles: dict[str, nn.Module]) -> list[list[str]]:
@@ -165,31 +145,14 @@ def sibling_groups(roles: dict[str, nn.Module]) -> list[list[str]]:
     return groups
 
 
-def _damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """``H`` with a unit diagonal for inputs that are always 0 and ``damp`` times its mean
-    diagonal added: positive definite."""
+def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of the damped ``H⁻¹`` (the rows OBS updates read)."""
     h = hessian.clone()
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     h.diagonal().add_(damp * h.diagonal().mean())
-    return h
-
-
-def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of the damped ``H⁻¹`` (the rows OBS updates read)."""
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped(hessian, damp)))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(inverse, upper=True)
-
-
-def corrected(w: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damp: float):
-    """The weights that give from a layer's inputs now (``X``, after the layers compressed
-    before it) the outputs the original layer gave from its original inputs ``X₀``:
-    ``argmin_V ‖X Vᵀ - X₀ Wᵀ‖² + λ‖V - W‖²`` = ``W + W (C - H)ᵀ (H + λ)⁻¹``, with ``H = XᵀX``,
-    ``C = XᵀX₀``, λ the damping. Sharing then rounds towards these weights, so each layer
-    also undoes the error that reached it instead of passing it on (asymmetric calibration,
-    GPTAQ's). Equal to ``W`` on the first layer (``C = H``)."""
-    h = _damped(hessian, damp)
-    return w + torch.cholesky_solve((cross - hessian) @ w.T, torch.linalg.cholesky(h)).T
 
 
 def _sweep(w: torch.Tensor, u: torch.Tensor, round_column, density: float | None) -> torch.Tensor:
@@ -242,22 +205,12 @@ class LayerProblem:
     u: torch.Tensor
 
     @classmethod
-    def of(
-        cls,
-        module: nn.Module,
-        hessian: torch.Tensor,
-        damp: float = 0.01,
-        cross: torch.Tensor | None = None,
-    ) -> LayerProblem:
-        """The problem of ``module`` with inputs ``hessian``; with ``cross`` (``C`` of
-        ``Calibration.hessians_against``) its target is the original model's output."""
+    def of(cls, module: nn.Module, hessian: torch.Tensor, damp: float = 0.01) -> LayerProblem:
         weight = module.weight.detach().cpu()
         bias = module.bias.detach().cpu() if module.bias is not None else None
         bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
         w = torch.cat([weight.reshape(weight.shape[0], -1), bias[:, None]], 1).double()
         zero = torch.cat([w[:, :-1] == 0, torch.zeros_like(w[:, :1], dtype=torch.bool)], 1)
-        if cross is not None:
-            w = corrected(w, hessian, cross, damp)
         columns = len(hessian) - 1
         diagonal = hessian.diagonal()[:-1]
         order = torch.cat([diagonal.argsort(descending=True), torch.tensor([columns])])
@@ -319,18 +272,12 @@ class LayerProblem:
 
 
 def compress_layer(
-    module: nn.Module,
-    hessian: torch.Tensor,
-    keep: float | None,
-    bits: int,
-    damp: float = 0.01,
-    cross: torch.Tensor | None = None,
+    module: nn.Module, hessian: torch.Tensor, keep: float | None, bits: int, damp: float = 0.01
 ) -> LayerProblem:
     """Prune ``module`` to density ``keep`` (None: only its zeros), share its weights at
     ``bits``, and adjust its bias, keeping its output on the inputs summarised by ``hessian``
-    close to the original (with ``cross``: to the original model's). Returns the problem (to
-    compress the layer again differently)."""
-    problem = LayerProblem.of(module, hessian, damp, cross)
+    close to the original. Returns the problem (to compress the layer again differently)."""
+    problem = LayerProblem.of(module, hessian, damp)
     w, centroids = problem.share(problem.prune(keep), bits)
     problem.apply(module, w, centroids)
     return problem
@@ -348,23 +295,21 @@ def reconstruct(
     ``bits`` is one width for all layers or one per role. Returns each layer's problem."""
     bake(model)
     model.eval()
-    roles, original = layer_roles(model), copy.deepcopy(model)
-    originals = layer_roles(original)
-    calibration, reference = Calibration(model, images), Calibration(original, images)
+    roles = layer_roles(model)
+    calibration = Calibration(model, images)
     label = f"{bits}-bit" if isinstance(bits, int) else "mixed-bit"
     bar = tqdm(total=len(roles), desc=f"{label} OBS", disable=not progress)
     problems = {}
     for group in sibling_groups(roles):
-        modules = [roles[role] for role in group]
-        inputs = calibration.hessians_against(modules, reference, [originals[r] for r in group])
-        for role, (hessian, cross) in zip(group, inputs, strict=True):
+        hessians = calibration.hessians([roles[role] for role in group])
+        for role, hessian in zip(group, hessians, strict=True):
             module = roles[role]
             target = densities.get(role, 1.0)
             keep_zeros = target >= density(module.weight) - 1e-3  # prune nothing new
             width = bits if isinstance(bits, int) else bits[role]
             with single_thread():
                 keep = None if keep_zeros else target
-                problems[role] = compress_layer(module, hessian, keep, width, cross=cross)
+                problems[role] = compress_layer(module, hessian, keep, width)
             bar.update()
     bar.close()
     return problems
