@@ -16,9 +16,9 @@ from test_train import CLASSES, NCNN, make_subset
 import squeezenet
 from squeezenet.cli import main
 from squeezenet.compress.distill import _dataset
-from squeezenet.data.cache import cached_pixels, square_pixels
-from squeezenet.data.datasets import split_folder, stratified_split
-from squeezenet.data.transforms import load_image
+from squeezenet.data.cache import CachedImages, cached_pixels, square_pixels
+from squeezenet.data.datasets import ImageDataset, split_folder, stratified_split
+from squeezenet.data.transforms import get_preset, load_image
 from squeezenet.engine.distributed import setup_processes
 from squeezenet.engine.recipes import SCRATCH, finetune_recipe
 from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged, resolve
@@ -208,6 +208,23 @@ def test_cache_holds_the_decoded_pixels_and_is_reused(plain, tmp_path):
     broken.write_bytes(b"\xff\xd8 truncated")
     mixed = cached_pixels([files[0], broken], 40, square_pixels(40), "train", progress=False)
     assert mixed.bad == {1} and mixed.image(1) is None
+
+
+def test_cached_validation_images_are_what_validation_decodes(plain, tmp_path):
+    """The cache holds the preset's center crops: normalised, they are the tensors the
+    uncached validation feeds the network, and an unreadable image stays unreadable."""
+    preset = get_preset("torchvision").with_size(64)
+    files = sorted((plain / CLASSES[0]).iterdir())[:3]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    decoded = ImageDataset([*files, broken], [0, 0, 0, 0], preset, draft_size=preset.resize)
+    cache = cached_pixels(decoded.files, preset.crop, preset.pixels, "val", draft=preset.resize)
+    images = CachedImages(decoded, cache)
+    for i in range(len(files)):
+        pixels, label, index = images[i]
+        torch.testing.assert_close(preset.normalize(pixels[None])[0], decoded[i][0])
+        assert (label, index) == (0, i)
+    assert images[3] is None and decoded[3] is None
 
 
 def test_absurd_learning_rate_recovers_and_never_ruins_best(shared, tmp_path, capsys):

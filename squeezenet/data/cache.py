@@ -80,6 +80,22 @@ class PixelCache:
         return {**self.__dict__, "_array": None}
 
 
+class CachedImages(Dataset):
+    """A labelled dataset's images as their cached pixels: ``(pixels, label, index)``, a
+    uint8 tensor as the cache holds it, or None for an unreadable image (as ``ImageDataset``)."""
+
+    def __init__(self, base: ImageDataset, cache: PixelCache) -> None:
+        self.base, self.cache = base, cache
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        if i in self.cache.bad:
+            return None
+        return torch.from_numpy(np.array(self.cache.array[i])), self.base.labels[i], i
+
+
 def square_pixels(side: int) -> Callable[[Image.Image], np.ndarray]:
     """Short side to ``side``, then the central square: what training crops are taken from."""
 

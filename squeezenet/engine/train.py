@@ -42,7 +42,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..data.cache import PixelCache, cached_pixels, check_every_class_readable, square_pixels
+from ..data.cache import (
+    CachedImages,
+    PixelCache,
+    cached_pixels,
+    check_every_class_readable,
+    square_pixels,
+)
 from ..data.datasets import (
     SPLIT_FILE,
     ImageDataset,
@@ -98,7 +104,7 @@ class TrainConfig:
     min_scale: float | None = None  # random-resized-crop area range [min_scale, 1]
     image_size: int | None = None  # default: the arch's own (227 for v1.0, else 224)
     seed: int = 0
-    cache: bool = True  # decode training images once into a memory-mapped file
+    cache: bool = True  # decode training and validation images once into memory-mapped files
     # How to run (free to change on --resume):
     micro_batch: int | None = None  # images per forward per process (default 64 CPU, 256 GPU)
     bf16: bool | None = None  # bfloat16 autocast; default: fine-tuning where the device has bf16
@@ -425,6 +431,7 @@ class Trainer:
         self.order, self.loader, self.sampler = self._build_loader(train)
         self.guard = StopGuard()
         self.warned_stuck = False
+        self.val_cache: PixelCache | None = None
         self.dead_steps = 0  # consecutive steps whose logits were the same for every image
         self.last_save = self.ticked = time.monotonic()
 
@@ -550,6 +557,23 @@ class Trainer:
             return cache
         dist.barrier()
         return build()
+
+    def _val_images(self, shard: ImageDataset) -> CachedImages:
+        """This process's validation images as the preset's center crops, cached (found or
+        built on the first validation)."""
+        if self.val_cache is None:
+            preset = self.preset
+            kind = f"val{preset.resize}{'sq' if preset.square_resize else ''}"
+            self.val_cache = cached_pixels(
+                shard.files,
+                preset.crop,
+                preset.pixels,
+                kind,
+                draft=preset.resize,
+                workers=self.loader.num_workers,
+                progress=self.cfg.progress and self.procs.is_main,
+            )
+        return CachedImages(shard, self.val_cache)
 
     # -- the run --
 
@@ -803,6 +827,9 @@ class Trainer:
         """Loss, top-1/top-5 and confusion matrix on the validation split (sharded over ranks)."""
         procs, n_cls = self.procs, self.cfg.num_classes
         shard = val_shard(self.val, procs)
+        images, normalize, workers = shard, None, self.cfg.workers
+        if self.cfg.cache:  # the center crops decoded once; each validation costs the network
+            images, normalize, workers = self._val_images(shard), self.preset.normalize, 0
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             # fp32 even under --bf16: the numbers must be what `evaluate` gives for the file
@@ -811,9 +838,10 @@ class Trainer:
         self.model.eval()
         logits, skipped = run_inference(
             forward,
-            shard,
+            images,
+            normalize=normalize,
             batch_size=_micro_batch_limit(self.cfg, procs),  # no gradients: the largest batch
-            workers=self.cfg.workers,
+            workers=workers,
             progress=self.cfg.progress and procs.is_main,
             desc="validate",
         )
