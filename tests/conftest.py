@@ -37,3 +37,12 @@ def shared_path(relative: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_home(tmp_path_factory):
+    """Caches the tests (and their subprocesses) build go to a folder of their own, never to
+    the user's ``~/.cache/squeezenet``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SQUEEZENET_HOME", str(tmp_path_factory.mktemp("home")))
+        yield

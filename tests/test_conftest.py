@@ -3,6 +3,9 @@ from a shared folder that exists fails, so that a typo or a lost file cannot pas
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from conftest import shared_path
 
@@ -20,3 +23,8 @@ def test_without_the_shared_folder_the_test_is_skipped_with_the_reason(tmp_path,
     monkeypatch.setenv("SQUEEZENET_SHARED", str(tmp_path / "absent"))
     with pytest.raises(pytest.skip.Exception, match="needs the project's shared data at .*absent"):
         shared_path("weights/real.net")
+
+
+def test_tests_build_their_caches_outside_the_users_home(tmp_path_factory):
+    home = Path(os.environ["SQUEEZENET_HOME"])
+    assert home.is_relative_to(tmp_path_factory.getbasetemp())

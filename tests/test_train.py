@@ -38,14 +38,6 @@ def make_subset(root: Path, shared, per_class: dict[str, int], classes=CLASSES) 
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_cache(tmp_path_factory):
-    """Decoded-image caches of these tests (and of their subprocesses) in a folder of their own."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SQUEEZENET_HOME", str(tmp_path_factory.mktemp("home")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from conftest import shared_path
