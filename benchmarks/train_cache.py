@@ -4,7 +4,9 @@ Each round runs one epoch of ``squeezenet train`` with ``--no-cache`` and one wi
 (already built by a first, untimed run), same settings otherwise, and reads the epoch's
 training images/s from metrics.jsonl. The network alone (random tensors, same batch, same
 threads) gives the ceiling, so ``1 - end-to-end / network`` is the share of the time the steps
-spend waiting for images: decoding and augmentation.
+spend waiting for images: decoding and augmentation. The rest of each run's wall time (its
+validation, with the validation images cached or decoded, plus set-up and saving, alike in
+both) is shown beside it.
 
     .venv/bin/python benchmarks/train_cache.py ../shared/data/imagenette --per-class 100
 """
@@ -28,9 +30,9 @@ from squeezenet.engine.distributed import native_bf16
 from squeezenet.models import build_model
 
 
-def subset(data: Path, per_class: int, root: Path) -> Path:
-    """``root/train`` and ``root/val`` with the first ``per_class`` images of each class (links)."""
-    for split, n in (("train", per_class), ("val", max(per_class // 4, 1))):
+def subset(data: Path, per_class: int, val_per_class: int, root: Path) -> Path:
+    """``root/train`` and ``root/val``: the first images of each class (links)."""
+    for split, n in (("train", per_class), ("val", val_per_class)):
         for cls in sorted(p for p in (data / split).iterdir() if p.is_dir()):
             (root / split / cls.name).mkdir(parents=True)
             for f in sorted(cls.iterdir())[:n]:
@@ -38,7 +40,8 @@ def subset(data: Path, per_class: int, root: Path) -> Path:
     return root
 
 
-def epoch_rate(data: Path, out: Path, args, cache: bool) -> float:
+def epoch_rate(data: Path, out: Path, args, cache: bool) -> tuple[float, float]:
+    """Training images/s of one epoch, and the seconds of the run spent outside its steps."""
     cmd = [
         sys.executable,
         "-m",
@@ -62,7 +65,8 @@ def epoch_rate(data: Path, out: Path, args, cache: bool) -> float:
     cmd += ["--bf16"] if native_bf16(torch.device("cpu")) else []  # as network_rate computes
     subprocess.run(cmd + ([] if cache else ["--no-cache"]), check=True, capture_output=True)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return row["train_images_per_s"]
+    rate = row["train_images_per_s"]
+    return rate, row["elapsed_s"] - row["step"] * args.batch / rate
 
 
 def network_rate(arch: str, batch: int, size: int, classes: int, steps: int = 4) -> float:
@@ -90,6 +94,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("data", type=Path, help="a folder with train/ and val/ class folders")
     p.add_argument("--per-class", type=int, default=100, help="training images per class")
+    p.add_argument("--val-per-class", type=int, help="validation images per class (per-class/4)")
     p.add_argument("--arch", default="squeezenet1_1")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=128)
@@ -98,32 +103,40 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SQUEEZENET_HOME"] = f"{tmp}/home"  # a cache of its own, built once below
-        data = subset(args.data, args.per_class, Path(tmp) / "data")
+        val = args.val_per_class or max(args.per_class // 4, 1)
+        data = subset(args.data, args.per_class, val, Path(tmp) / "data")
         classes = len(list((data / "train").iterdir()))
         epoch_rate(data, Path(tmp) / "warm", args, cache=True)
         rates: dict[str, list[float]] = {"no cache": [], "cache": [], "network alone": []}
+        rest: dict[str, list[float]] = {"no cache": [], "cache": []}
         for r in range(args.rounds):  # interleaved, so load changes hit every setting alike
             for cache in (False, True):
-                out = Path(tmp) / f"run-{r}-{cache}"
-                rates["cache" if cache else "no cache"].append(epoch_rate(data, out, args, cache))
+                name = "cache" if cache else "no cache"
+                rate, seconds = epoch_rate(data, Path(tmp) / f"run-{r}-{cache}", args, cache)
+                rates[name].append(rate)
+                rest[name].append(seconds)
             rates["network alone"].append(network_rate(args.arch, args.batch, args.size, classes))
     load = os.getloadavg()[0]
     print(
         f"{args.arch}, {args.size}px, batch {args.batch}, {args.workers} workers, "
-        f"{torch.get_num_threads()} threads, {args.per_class} images/class, "
+        f"{torch.get_num_threads()} threads, {args.per_class} train + {val} val images/class, "
         f"{'bf16 autocast' if native_bf16(torch.device('cpu')) else 'fp32'}, "
         f"load average {load:.1f}"
     )
     net = statistics.median(rates["network alone"])
     base = statistics.median(rates["no cache"])
-    print("| setting | img/s (each round) | median | vs no cache | time waiting for images |")
-    print("|---|---|---|---|---|")
+    print(
+        "| setting | img/s (each round) | median | vs no cache | time waiting for images "
+        "| s outside the steps: validation, set-up (median) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, values in rates.items():
         rate = statistics.median(values)
         waiting = f"{max(0.0, 1 - rate / net):.0%}" if name != "network alone" else ""
+        outside = f"{statistics.median(rest[name]):.1f}" if name in rest else ""
         print(
             f"| {name} | {' / '.join(f'{v:.1f}' for v in values)} | {rate:.1f} | "
-            f"{rate / base:.2f}x | {waiting} |"
+            f"{rate / base:.2f}x | {waiting} | {outside} |"
         )
 
 
