@@ -4,6 +4,7 @@ decoded-image cache, and a run that survives an absurd learning rate."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -307,3 +308,9 @@ def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
     assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.01 * 8 / 128)
     split = json.loads((out / "squeezenet1_1" / "split.json").read_text())
     assert len(split["val"]) == 8 and round(row["top1"] * 8) == row["top1"] * 8
+    # the same command again keeps the finished run, and decodes nothing to do so
+    shutil.rmtree(Path(os.environ["SQUEEZENET_HOME"]) / "cache")
+    assert main(args) == 0
+    [again] = json.loads((out / "compare.json").read_text())
+    assert (again["top1"], again["train_min"]) == (row["top1"], row["train_min"])
+    assert not (Path(os.environ["SQUEEZENET_HOME"]) / "cache").exists()

@@ -605,7 +605,7 @@ class Trainer:
             if self.split is not None:
                 atomic_write_bytes(self.out / SPLIT_FILE, json.dumps(self.split).encode())
             print(self.describe(), file=sys.stderr)
-        if self.cfg.cache:
+        if self.cfg.cache and self.progress.epoch < self.cfg.epochs:  # a finished run: nothing
             self._attach_cache()
         with self.guard:
             try:
