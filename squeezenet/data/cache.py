@@ -73,8 +73,13 @@ class PixelCache:
             self._array = np.load(self.path, mmap_mode="r")
         return self._array
 
+    def pixels(self, i: int) -> np.ndarray | None:
+        """Image ``i``'s pixels, a read-only view of the mapped file (None: unreadable)."""
+        return None if i in self.bad else np.asarray(self.array[i])
+
     def image(self, i: int) -> Image.Image | None:
-        return None if i in self.bad else Image.fromarray(np.asarray(self.array[i]))
+        pixels = self.pixels(i)
+        return None if pixels is None else Image.fromarray(pixels)
 
     def __getstate__(self) -> dict:  # never pickle the mapped pixels themselves
         return {**self.__dict__, "_array": None}
@@ -91,9 +96,8 @@ class CachedImages(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int):
-        if i in self.cache.bad:
-            return None
-        return torch.from_numpy(np.array(self.cache.array[i])), self.base.labels[i], i
+        pixels = self.cache.pixels(i)
+        return None if pixels is None else (torch.tensor(pixels), self.base.labels[i], i)
 
 
 def square_pixels(side: int) -> Callable[[Image.Image], np.ndarray]:
