@@ -21,7 +21,7 @@ from squeezenet.data.cache import CachedImages, cached_pixels, square_pixels
 from squeezenet.data.datasets import ImageDataset, split_folder, stratified_split
 from squeezenet.data.transforms import get_preset, load_image
 from squeezenet.engine.distributed import setup_processes
-from squeezenet.engine.recipes import SCRATCH, finetune_recipe
+from squeezenet.engine.recipes import SCRATCH, Recipe, finetune_recipe
 from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged, resolve
 from squeezenet.errors import SqueezeNetError
 from squeezenet.models import list_models
@@ -73,6 +73,35 @@ def test_finetune_recipe_gives_small_folders_enough_steps():
     new = {n: finetune_recipe(n, new_head=True).epochs for n in (100, 500, 9469)}
     assert new == {100: 50, 500: 50, 9469: 6}
     assert finetune_recipe(500).lr == pytest.approx(0.001)  # 0.002 at batch 64
+
+
+def test_rates_scale_linearly_for_sgd_and_by_the_square_root_for_adamw():
+    sgd = Recipe(epochs=1, batch_size=128, lr=0.01, warmup=0.0)
+    adamw = Recipe(epochs=1, batch_size=128, lr=0.002, warmup=0.0, optimizer="adamw")
+    assert (sgd.lr_for(512), adamw.lr_for(512)) == pytest.approx((0.04, 0.004))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_optimizer_is_the_recipes_or_the_flags(plain, tmp_path, optimizer):
+    """Momentum is SGD's momentum or AdamW's beta1; AdamW's weight decay is decoupled."""
+    cfg = TrainConfig(
+        str(plain),
+        str(tmp_path / "run"),
+        batch_size=8,
+        optimizer=optimizer,
+        momentum=0.8,
+        weight_decay=0.05,
+    )
+    opt = Trainer(cfg, setup_processes("cpu"), resume=False).optimizer
+    expected = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
+    assert type(opt) is expected and opt.defaults["weight_decay"] == 0.05
+    assert opt.defaults["momentum" if optimizer == "sgd" else "betas"] in (0.8, (0.8, 0.999))
+
+
+def test_an_unknown_optimizer_is_a_one_line_error(plain, tmp_path):
+    cfg = TrainConfig(str(plain), str(tmp_path / "run"), optimizer="lion")
+    with pytest.raises(SqueezeNetError, match="--optimizer must be sgd or adamw, not 'lion'"):
+        Trainer(cfg, setup_processes("cpu"), resume=False)
 
 
 @pytest.mark.parametrize("reset_head, head_scale", [(False, 1.0), (True, 5.0)])
@@ -305,7 +334,9 @@ def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
     ]
     assert main(args) == 0
     [row] = json.loads((out / "compare.json").read_text())
-    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(0.01 * 8 / 128)
+    assert row["arch"] == "squeezenet1_1" and row["recipe"]["lr"] == pytest.approx(
+        0.002 * (8 / 64) ** 0.5
+    )
     split = json.loads((out / "squeezenet1_1" / "split.json").read_text())
     assert len(split["val"]) == 8 and round(row["top1"] * 8) == row["top1"] * 8
     # the same command again keeps the finished run, and decodes nothing to do so

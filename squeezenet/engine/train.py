@@ -97,6 +97,7 @@ class TrainConfig:
     backbone_lr: float | None = None  # pretrained layers' rate as a fraction of lr
     new_head_lr: float | None = None  # a new classifier's rate as a multiple of lr
     momentum: float | None = None
+    optimizer: str | None = None  # sgd or adamw
     weight_decay: float | None = None
     warmup: float | None = None  # fraction of all steps spent warming up linearly
     schedule: str | None = None  # decay after the warm-up: cosine or linear
@@ -286,6 +287,8 @@ def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None)
     )
     if cfg.schedule not in ("cosine", "linear"):
         raise SqueezeNetError(f"--schedule must be cosine or linear, not {cfg.schedule!r}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise SqueezeNetError(f"--optimizer must be sgd or adamw, not {cfg.optimizer!r}")
     if max(train.labels) >= cfg.num_classes or min(train.labels) < 0:
         raise SqueezeNetError(f"{cfg.data}: labels must lie in 0..{cfg.num_classes - 1}")
     return cfg
@@ -357,7 +360,7 @@ def _check_resume_data(state: dict, cfg: TrainConfig, train: ImageDataset) -> No
 
 
 def _check_resume_settings(state: dict, cfg: TrainConfig) -> None:
-    saved = state["config"]
+    saved = {"optimizer": "sgd", **state["config"]}  # runs saved before AdamW was a choice
     diffs = [
         f"--{k.replace('_', '-')} {saved.get(k)} (asked {getattr(cfg, k)})"
         for k in RUN_FIELDS
@@ -473,7 +476,8 @@ class Trainer:
         return model.to(self.procs.device, memory_format=self.memory_format)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """SGD; the classifier at ``lr`` (``x new_head_lr`` if new), the rest ``x backbone_lr``."""
+        """The recipe's optimizer; the classifier at ``lr`` (``x new_head_lr`` if new), the rest
+        ``x backbone_lr``."""
         cfg = self.cfg
         head = {id(p) for p in self.model.get_classifier().parameters()}
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -482,11 +486,13 @@ class Trainer:
             {"params": [p for p in trainable if id(p) in head], "lr_scale": head_scale},
             {"params": [p for p in trainable if id(p) not in head], "lr_scale": cfg.backbone_lr},
         ]
+        groups = [g for g in groups if g["params"]]
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(
+                groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+            )
         return torch.optim.SGD(
-            [g for g in groups if g["params"]],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
 
     def _new_head(self) -> bool:
@@ -591,8 +597,8 @@ class Trainer:
         return (
             f"training {cfg.arch} ({mode}) on {self.n_train} images of {cfg.num_classes} classes "
             f"({self.steps} steps/epoch x {cfg.epochs} epochs): global batch {cfg.batch_size} = "
-            f"{self.procs.world} process(es) x {self.accum} accumulation x {self.micro}, lr "
-            f"{cfg.lr:g}{rates}"
+            f"{self.procs.world} process(es) x {self.accum} accumulation x {self.micro}, "
+            f"{cfg.optimizer} lr {cfg.lr:g}{rates}"
             + f", {cfg.schedule}, {cfg.image_size}px, {self.procs.device}"
             + (" bf16" if cfg.bf16 else "")
             + (f"; {head}" if head else "")
