@@ -18,6 +18,7 @@ from PIL import Image
 from squeezenet.cli import main
 from squeezenet.data.transforms import get_preset
 from squeezenet.engine.augment import TrainTransform, random_resized_crop_box
+from squeezenet.engine.checkpoint import STATE_FILE
 from squeezenet.engine.train import TrainConfig, _make_model, loss_is_stuck, lr_factor, train
 from squeezenet.weights.formats import safetensors
 from squeezenet.weights.load import load_model
@@ -178,6 +179,17 @@ def test_resume_with_other_settings_or_data_is_an_error(finetuned, tiny, tmp_pat
     assert code == 2 and "already holds a run" in err
     code, err = run_cli(["train", str(tiny), "--out", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and "no training state to resume from" in err
+
+
+def test_a_run_saved_before_adamw_was_a_choice_resumes_with_sgd(finetuned, tiny, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(finetuned.run_dir, run)
+    state = torch.load(run / STATE_FILE, weights_only=False)
+    del state["config"]["optimizer"]
+    torch.save(state, run / STATE_FILE)
+    cfg = TrainConfig(str(tiny), str(run), reset_head=True, workers=0, progress=False)
+    result = train(cfg, resume=True)
+    assert result.config.optimizer == "sgd" and result.history == finetuned.history
 
 
 def test_empty_class_folder_is_a_clear_error(tiny, tmp_path, capsys):

@@ -29,7 +29,11 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
         help="a new classifier's rate as a multiple of --lr (fine-tuning: 5)",
     )
     p.add_argument("--momentum", type=float, help="SGD's momentum, or AdamW's beta1")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adamw"),
+        help="the recipe's by default; give --lr with it (rates differ between the two)",
+    )
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup", type=float, help="fraction of steps warming up")
     p.add_argument("--schedule", choices=("cosine", "linear"), help="decay after the warm-up")

@@ -360,7 +360,7 @@ def _check_resume_data(state: dict, cfg: TrainConfig, train: ImageDataset) -> No
 
 
 def _check_resume_settings(state: dict, cfg: TrainConfig) -> None:
-    saved = {"optimizer": "sgd", **state["config"]}  # runs saved before AdamW was a choice
+    saved = state["config"]
     diffs = [
         f"--{k.replace('_', '-')} {saved.get(k)} (asked {getattr(cfg, k)})"
         for k in RUN_FIELDS
@@ -445,7 +445,11 @@ class Trainer:
             raise SqueezeNetError(
                 f"{self.out}: already holds a run; pass --resume or choose another --out"
             )
-        return load_state(self.out) if resume else None
+        if not resume:
+            return None
+        state = load_state(self.out)
+        state["config"].setdefault("optimizer", "sgd")  # runs saved before AdamW was a choice
+        return state
 
     @staticmethod
     def _preset(state: dict | None, pretrained: nn.Module | None) -> Preprocess:
