@@ -3,11 +3,11 @@
 Read top to bottom: the config; the recipe that fills every option left out (``recipes.py``:
 each architecture's own from scratch, a fine-tuning one with ``--weights``); the set-up (data,
 model, optimizer, loader); then ``Trainer.fit``: the starting weights evaluated as epoch 0,
-then epochs of SGD steps, each followed by validation and checkpoints.
+then epochs of optimizer steps (SGD or AdamW), each followed by validation and checkpoints.
 
 ``batch_size`` is the global batch of one optimizer step: processes x accumulation x
 micro-batch, as Caffe's ``iter_size`` did; recipes state their learning rate for their own
-batch and it scales linearly with the batch used.
+batch and it scales with the batch used (``Recipe.lr_for``).
 
 Nothing is lost: a loss that explodes or becomes NaN sends the run back to the start of its
 epoch with a 10x lower rate (three times at most); Ctrl-C or SIGTERM finish the step and save.
