@@ -81,8 +81,17 @@ def test_rates_scale_linearly_for_sgd_and_by_the_square_root_for_adamw():
     assert (sgd.lr_for(512), adamw.lr_for(512)) == pytest.approx((0.04, 0.004))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_the_optimizer_is_the_recipes_or_the_flags(plain, tmp_path, optimizer):
+@pytest.mark.parametrize(
+    "optimizer, expected, setting, value",
+    [
+        (None, torch.optim.AdamW, "betas", (0.8, 0.999)),  # plain squeezenet1_1's recipe
+        ("sgd", torch.optim.SGD, "momentum", 0.8),
+        ("adamw", torch.optim.AdamW, "betas", (0.8, 0.999)),
+    ],
+)
+def test_the_optimizer_is_the_recipes_or_the_flags(
+    plain, tmp_path, optimizer, expected, setting, value
+):
     """Momentum is SGD's momentum or AdamW's beta1; AdamW's weight decay is decoupled."""
     cfg = TrainConfig(
         str(plain),
@@ -93,9 +102,8 @@ def test_the_optimizer_is_the_recipes_or_the_flags(plain, tmp_path, optimizer):
         weight_decay=0.05,
     )
     opt = Trainer(cfg, setup_processes("cpu"), resume=False).optimizer
-    expected = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
     assert type(opt) is expected and opt.defaults["weight_decay"] == 0.05
-    assert opt.defaults["momentum" if optimizer == "sgd" else "betas"] in (0.8, (0.8, 0.999))
+    assert opt.defaults[setting] == value
 
 
 def test_an_unknown_optimizer_is_a_one_line_error(plain, tmp_path):
