@@ -78,7 +78,9 @@ def test_finetune_recipe_gives_small_folders_enough_steps():
 def test_rates_scale_linearly_for_sgd_and_by_the_square_root_for_adamw():
     sgd = Recipe(epochs=1, batch_size=128, lr=0.01, warmup=0.0)
     adamw = Recipe(epochs=1, batch_size=128, lr=0.002, warmup=0.0, optimizer="adamw")
-    assert (sgd.lr_for(512), adamw.lr_for(512)) == pytest.approx((0.04, 0.004))
+    assert (sgd.lr_for(32), adamw.lr_for(32)) == pytest.approx((0.0025, 0.001))
+    # above its own batch, AdamW keeps the measured rate: higher ones killed plain SqueezeNet
+    assert (sgd.lr_for(512), adamw.lr_for(512)) == pytest.approx((0.04, 0.002))
 
 
 @pytest.mark.parametrize(
@@ -98,12 +100,20 @@ def test_the_optimizer_is_the_recipes_or_the_flags(
         str(tmp_path / "run"),
         batch_size=8,
         optimizer=optimizer,
+        lr=0.001,
         momentum=0.8,
         weight_decay=0.05,
     )
     opt = Trainer(cfg, setup_processes("cpu"), resume=False).optimizer
     assert type(opt) is expected and opt.defaults["weight_decay"] == 0.05
     assert opt.defaults[setting] == value
+
+
+def test_another_optimizer_than_the_recipes_needs_its_own_rate(plain, tmp_path):
+    """Plain squeezenet1_1's recipe is AdamW at 0.002: SGD needs a rate of its own."""
+    cfg = TrainConfig(str(plain), str(tmp_path / "run"), optimizer="sgd")
+    with pytest.raises(SqueezeNetError, match=r"rate 0.002 \(batch 64\) is for adamw; give --lr"):
+        Trainer(cfg, setup_processes("cpu"), resume=False)
 
 
 def test_an_unknown_optimizer_is_a_one_line_error(plain, tmp_path):

@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 from ..engine.checkpoint import load_state
+from ..engine.recipes import OPTIMIZERS, SCHEDULES
 from ..engine.train import RUN_FIELDS, TrainConfig, train
 from ..models import list_models
 
@@ -31,12 +32,12 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, help="SGD's momentum, or AdamW's beta1")
     p.add_argument(
         "--optimizer",
-        choices=("sgd", "adamw"),
+        choices=OPTIMIZERS,
         help="the recipe's by default; give --lr with it (rates differ between the two)",
     )
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup", type=float, help="fraction of steps warming up")
-    p.add_argument("--schedule", choices=("cosine", "linear"), help="decay after the warm-up")
+    p.add_argument("--schedule", choices=SCHEDULES, help="decay after the warm-up")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--min-scale", type=float, help="random-resized-crop min area")
     p.add_argument("--image-size", type=int, help="training crop side (default: the arch's)")

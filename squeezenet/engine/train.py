@@ -67,7 +67,7 @@ from .augment import AugmentedDataset, TrainTransform
 from .checkpoint import STATE_FILE, load_state, save_state, set_rng_states
 from .distributed import Processes, native_bf16, setup_processes, sum_over_processes, val_shard
 from .plots import plot_confusion, plot_curves
-from .recipes import Recipe, finetune_recipe, scratch_recipe
+from .recipes import OPTIMIZERS, SCHEDULES, Recipe, finetune_recipe, scratch_recipe
 
 SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
 STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and every epoch)
@@ -272,6 +272,16 @@ def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None)
         recipe = finetune_recipe(len(train), new_head)
     else:
         recipe = scratch_recipe(arch)
+    if cfg.optimizer not in (None, *OPTIMIZERS):
+        raise SqueezeNetError(
+            f"--optimizer must be {' or '.join(OPTIMIZERS)}, not {cfg.optimizer!r}"
+        )
+    if cfg.optimizer not in (None, recipe.optimizer) and cfg.lr is None:
+        # SGD's rates are 5-20x AdamW's here: the recipe's rate would ruin the other optimizer
+        raise SqueezeNetError(
+            f"--optimizer {cfg.optimizer}: the recipe's rate {recipe.lr:g} (batch "
+            f"{recipe.batch_size}) is for {recipe.optimizer}; give --lr for {cfg.optimizer} too"
+        )
     batch_size = cfg.batch_size or recipe.batch_size
     filled = {n: getattr(recipe, n) for n in RECIPE_FIELDS if getattr(cfg, n) is None}
     cfg = dataclasses.replace(
@@ -285,10 +295,8 @@ def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None)
         num_classes=num_classes,
         image_size=cfg.image_size or default_input_size(arch),
     )
-    if cfg.schedule not in ("cosine", "linear"):
-        raise SqueezeNetError(f"--schedule must be cosine or linear, not {cfg.schedule!r}")
-    if cfg.optimizer not in ("sgd", "adamw"):
-        raise SqueezeNetError(f"--optimizer must be sgd or adamw, not {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise SqueezeNetError(f"--schedule must be {' or '.join(SCHEDULES)}, not {cfg.schedule!r}")
     if max(train.labels) >= cfg.num_classes or min(train.labels) < 0:
         raise SqueezeNetError(f"{cfg.data}: labels must lie in 0..{cfg.num_classes - 1}")
     return cfg
