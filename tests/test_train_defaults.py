@@ -258,6 +258,19 @@ def test_cache_holds_the_decoded_pixels_and_is_reused(plain, tmp_path):
     assert mixed.bad == {1} and mixed.image(1) is None
 
 
+def test_a_changed_file_gets_a_new_cache_that_replaces_the_old(plain, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(plain / CLASSES[0], folder)
+    files = sorted(folder.iterdir())
+    old = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    fewer = cached_pixels(files[:-1], 40, square_pixels(40), "train", progress=False)
+    os.utime(files[0], ns=(0, files[0].stat().st_mtime_ns + 10**9))
+    new = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    assert new.path != old.path and new.path.is_file()
+    assert not old.path.exists() and not old.path.with_suffix(".json").exists()
+    assert fewer.path.is_file()  # another file list: still valid, kept
+
+
 def test_cached_validation_images_are_what_validation_decodes(plain, tmp_path):
     """The cache holds the preset's center crops: normalised, they are the tensors the
     uncached validation feeds the network, and an unreadable image stays unreadable."""

@@ -5,7 +5,8 @@ A cache holds a file list decoded once at one square side: ``(N, side, side, 3)`
 a ``.npy`` file under ``$SQUEEZENET_HOME/cache``. Its name is a hash of what determines the
 pixels (each file's path, size and modification time, the side and the way of resizing), so a
 changed file or another resolution makes a new cache and an unchanged folder reuses the old one,
-across epochs and runs. A JSON file written last marks it complete and lists unreadable images.
+across epochs and runs; a new cache of changed files replaces theirs, which could never be read
+again. A JSON file written last marks it complete and lists unreadable images.
 """
 
 from __future__ import annotations
@@ -124,17 +125,26 @@ def cached_pixels(
     ``kind`` names the way of resizing (part of the key: "train" crops and "val" presets at the
     same side give different pixels); ``draft`` is the JPEG draft size (default ``side``).
     """
-    key = hashlib.sha256(json.dumps([kind, side]).encode())
-    for f in files:
-        st = Path(f).stat() if Path(f).exists() else None
-        key.update(f"{Path(f).resolve()}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
-    base = cache_dir() / f"{kind}-{side}px-{len(files)}-{key.hexdigest()[:16]}"
+    paths = [Path(f).resolve() for f in files]
+    which = hashlib.sha256(json.dumps([kind, side, *map(str, paths)]).encode()).hexdigest()[:8]
+    key = hashlib.sha256(which.encode())
+    for path in paths:
+        st = path.stat() if path.exists() else None
+        key.update(f"{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
+    # the same files at the same side share the prefix; only their sizes and mtimes differ
+    prefix = f"{kind}-{side}px-{len(files)}-{which}-"
+    base = cache_dir() / f"{prefix}{key.hexdigest()[:16]}"
     done, data = base.with_suffix(".json"), base.with_suffix(".npy")
     if done.is_file() and data.is_file():
         return PixelCache(data, set(json.loads(done.read_text())["unreadable"]))
-    return _build(
+    cache = _build(
         files, pixels, draft or side, (len(files), side, side, 3), data, done, workers, progress
     )
+    # caches of these files before they changed, and interrupted builds of them (.tmp)
+    for stale in [*cache_dir().glob(f"{prefix}*"), *cache_dir().glob(f".{prefix}*")]:
+        if stale not in (data, done):
+            stale.unlink(missing_ok=True)
+    return cache
 
 
 def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, progress: bool):
