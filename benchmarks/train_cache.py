@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from squeezenet.engine.distributed import native_bf16
+from squeezenet.engine.recipes import scratch_recipe
 from squeezenet.models import build_model
 
 
@@ -76,11 +77,16 @@ def epoch_rate(data: Path, out: Path, args, cache: bool) -> tuple[float, float]:
 
 
 def network_rate(arch: str, batch: int, size: int, classes: int, steps: int = 4) -> float:
-    """SGD steps of the network alone on random tensors (channels_last, and bf16 autocast where
-    the CPU computes bf16, as the timed ``squeezenet train`` runs are told to)."""
+    """Steps of the network alone on random tensors with its recipe's optimizer (channels_last,
+    and bf16 autocast where the CPU computes bf16, as the timed ``squeezenet train`` runs are
+    told to)."""
     bf16 = native_bf16(torch.device("cpu"))
     model = build_model(arch, num_classes=classes).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    params = model.parameters()
+    if scratch_recipe(arch).optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=0.001)
+    else:
+        opt = torch.optim.SGD(params, lr=0.001, momentum=0.9)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,))
     rates = []
