@@ -20,6 +20,7 @@ from squeezenet.compress.distill import _dataset
 from squeezenet.data.cache import CachedImages, cached_pixels, square_pixels
 from squeezenet.data.datasets import ImageDataset, split_folder, stratified_split
 from squeezenet.data.transforms import get_preset, load_image
+from squeezenet.engine import train as train_module
 from squeezenet.engine.distributed import setup_processes
 from squeezenet.engine.recipes import SCRATCH, Recipe, finetune_recipe
 from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged, resolve
@@ -341,6 +342,34 @@ def test_dead_outputs_are_retried_then_reported_in_one_line(shared, tmp_path, ca
     assert "(retry 3 of 3)" in err
     last = err.strip().splitlines()[-1]
     assert "after 3 retries at 10x lower rates: lower --lr" in last and "best.safetensors" in last
+
+
+def test_a_network_fallen_back_to_chance_goes_back_to_its_epoch_start(
+    shared, tmp_path, capsys, monkeypatch
+):
+    """After learning, a loss back at ln(classes) with chance accuracy (and logits that still
+    differ between images, so not the dead-outputs case) is a divergence, not a run to go on."""
+    monkeypatch.setattr(train_module, "STUCK_CHECK_STEPS", 2)
+    data = make_subset(tmp_path / "data", shared, {"train": 8, "val": 4})
+    cfg = TrainConfig(str(data), str(tmp_path / "run"), weights=str(shared(NCNN)), epochs=2,
+                      batch_size=8, image_size=64, workers=0, progress=False)  # fmt: skip
+    trainer = Trainer(cfg, setup_processes("cpu"), resume=False)
+    conv10 = trainer.model.classifier[1]
+    noise = torch.Generator().manual_seed(0)
+
+    def kill_in_epoch_2(step: int) -> None:  # 4 steps an epoch; until the run goes back
+        if step >= 5 and trainer.progress.retries == 0:
+            with torch.no_grad():  # every class ~equally likely, but not identical logits
+                conv10.weight.copy_(1e-7 * torch.randn(conv10.weight.shape, generator=noise))
+                conv10.bias.fill_(1.0)
+
+    result = trainer.fit(kill_in_epoch_2)
+    err = capsys.readouterr().err
+    assert "the loss fell back to ln(4) = 1.386 with chance accuracy" in err
+    assert "at step 8: back to the start of epoch 2 with the rate x0.1 (retry 1 of 3)" in err
+    assert [r["epoch"] for r in result.history] == [0, 1, 2]
+    epoch2 = result.history[2]  # trained again from its start, undamaged
+    assert epoch2["train_top1"] >= 0.5 and epoch2["val_top1"] > 0.5
 
 
 def test_long_runs_validate_about_ten_times_and_always_at_the_end():

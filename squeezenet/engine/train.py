@@ -9,8 +9,9 @@ then epochs of optimizer steps (SGD or AdamW), each followed by validation and c
 micro-batch, as Caffe's ``iter_size`` did; recipes state their learning rate for their own
 batch and it scales with the batch used (``Recipe.lr_for``).
 
-Nothing is lost: a loss that explodes or becomes NaN sends the run back to the start of its
-epoch with a 10x lower rate (three times at most); Ctrl-C or SIGTERM finish the step and save.
+Nothing is lost: a loss that explodes or becomes NaN, or falls back to chance after the network
+had learned, sends the run back to the start of its epoch with a 10x lower rate (three times at
+most); Ctrl-C or SIGTERM finish the step and save.
 Exact resume: the data order (``DistributedSampler`` seeded by epoch), every augmentation
 (seeded by seed, epoch and image) and dropout (torch reseeded per step and rank) are functions
 of the step, so a run restarted from ``state.pt`` retraces the uninterrupted run bit for bit.
@@ -73,6 +74,7 @@ SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
 STUCK_CHECK_STEPS = 200  # look for a loss stuck at ln(classes) this often (and every epoch)
 MAX_RETRIES = 3  # divergences recovered from (each at a 10x lower rate) before giving up
 DEAD_STEPS = 10  # consecutive steps with the same logits for every image: the outputs died
+LEARNED = 0.95  # an epoch with a loss below this x ln(classes), or top-1 twice chance, learned
 MAX_VALIDATIONS = 10  # per run: more epochs than this are validated every k-th epoch
 NEW_HEAD = "new classifier"
 VAL_KEYS = ("val_loss", "val_top1", "val_top5", "val_n", "val_skipped")
@@ -147,6 +149,11 @@ class EpochTotals:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
+    def minus(self, earlier: EpochTotals) -> EpochTotals:
+        """The sums since ``earlier`` totals of the same epoch."""
+        fields = dataclasses.fields(self)
+        return EpochTotals(*(getattr(self, f.name) - getattr(earlier, f.name) for f in fields))
+
     @property
     def mean_loss(self) -> float:
         return self.loss / max(self.seen, 1)
@@ -179,7 +186,8 @@ class Progress:
 
 
 class Diverged(Exception):
-    """The loss exploded or became NaN in an optimizer step, or the network's outputs died."""
+    """The loss exploded or became NaN in an optimizer step, or the network's outputs died or
+    fell back to chance."""
 
 
 class StopGuard:
@@ -736,6 +744,7 @@ class Trainer:
         if cfg.freeze_features:
             self.model.features.eval()  # frozen BatchNorm keeps its pretrained statistics
         batches = iter(self.loader)
+        checked = dataclasses.replace(progress.totals)  # the totals at the last stuck check
         bar = tqdm(
             total=self.steps,
             initial=progress.step_in_epoch,
@@ -760,7 +769,9 @@ class Trainer:
                 img_s=f"{seen.seen / progress.train_time:.0f}",
             )
             if progress.step % STUCK_CHECK_STEPS == 0:
+                self._check_fallen_back(seen.minus(checked))
                 self._check_stuck(seen.mean_loss, seen.top1)
+                checked = dataclasses.replace(seen)
             if stop:
                 raise KeyboardInterrupt  # saved by fit()
             if cfg.save_every and progress.step % cfg.save_every == 0:
@@ -825,6 +836,26 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return bool(stop), totals
+
+    def _check_fallen_back(self, recent: EpochTotals) -> None:
+        """A network that had learned, back at chance over the ``recent`` steps, is dead (AdamW
+        at 0.005 killed plain squeezenet1_1's class maps so, and it never came back): Diverged,
+        so the run returns to the epoch's start at a lower rate instead of going on at chance."""
+        cfg, progress = self.cfg, self.progress
+        chance = math.log(cfg.num_classes)
+        learned = any(
+            r["train_top1"] >= 2 / cfg.num_classes or r["train_loss"] < LEARNED * chance
+            for r in progress.history
+            if r["train_loss"] is not None
+        )
+        if learned and loss_is_stuck(
+            recent.mean_loss, recent.top1, cfg.num_classes, progress.step, progress.epoch
+        ):
+            raise Diverged(
+                f"the loss fell back to ln({cfg.num_classes}) = {chance:.3f} with chance accuracy "
+                f"({recent.mean_loss:.3f} over the last {recent.seen:.0f} images) at step "
+                f"{progress.step}"
+            )
 
     def _check_stuck(self, loss: float, acc: float) -> bool:
         """Whether the loss sits at ln(classes) (``loss_is_stuck``); warn the first time."""
