@@ -344,12 +344,13 @@ def test_dead_outputs_are_retried_then_reported_in_one_line(shared, tmp_path, ca
     assert "after 3 retries at 10x lower rates: lower --lr" in last and "best.safetensors" in last
 
 
+@pytest.mark.parametrize("check_every", [2, 3])  # step 8: a periodic check, the epoch's end
 def test_a_network_fallen_back_to_chance_goes_back_to_its_epoch_start(
-    shared, tmp_path, capsys, monkeypatch
+    shared, tmp_path, capsys, monkeypatch, check_every
 ):
     """After learning, a loss back at ln(classes) with chance accuracy (and logits that still
     differ between images, so not the dead-outputs case) is a divergence, not a run to go on."""
-    monkeypatch.setattr(train_module, "STUCK_CHECK_STEPS", 2)
+    monkeypatch.setattr(train_module, "STUCK_CHECK_STEPS", check_every)
     data = make_subset(tmp_path / "data", shared, {"train": 8, "val": 4})
     cfg = TrainConfig(str(data), str(tmp_path / "run"), weights=str(shared(NCNN)), epochs=2,
                       batch_size=8, image_size=64, workers=0, progress=False)  # fmt: skip

@@ -781,6 +781,8 @@ class Trainer:
             if on_step:
                 on_step(progress.step)
         bar.close()
+        if progress.totals.seen > checked.seen:  # at least once an epoch, before it is recorded
+            self._check_fallen_back(progress.totals.minus(checked))
 
     def _step(self, batches) -> tuple[bool, EpochTotals]:
         """One optimizer step over ``accum`` micro-batches: (stop requested, totals of all)."""
