@@ -4,6 +4,11 @@ Activations are uint8 and weights int8 (ONNX Runtime's fast U8S8 path on x86, wh
 into QLinearConv). Activation ranges are by default the 99.999th percentile of the calibration
 images' histograms: on imagenet-val this loses less top-1 than the plain min/max (see
 docs/inference.md). The pooled logits stay fp32: uint8 logits would reorder the top classes.
+
+x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) add the u8 x s8 products in pairs into int16,
+which saturates with 8-bit weights (v1.1's top class changed on a quarter of the test images);
+quantized on such a CPU, the weights get 7 bits. A file made on a VNNI CPU keeps 8-bit weights
+and is the one to run on VNNI CPUs.
 """
 
 from __future__ import annotations
@@ -67,10 +72,20 @@ class _Batches(ortq.CalibrationDataReader):
         return None if batch is None else {INPUT: batch}
 
 
+def int16_saturates(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies u8 x s8 through saturating int16 pairs (x86 without VNNI)."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:  # not Linux: assume a CPU with VNNI or another instruction set
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
 def quantize_onnx(
     proto: onnx.ModelProto, images: np.ndarray, method: str = "percentile"
 ) -> onnx.ModelProto:
     """The int8 QDQ version of an fp32 graph, calibrated on ``images`` (N, C, H, W) float32."""
+    seven_bits = int16_saturates()
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32", "prepared", "int8"))
         onnx.save(proto, fp32)
@@ -80,12 +95,14 @@ def quantize_onnx(
             ortq.quantize_static(
                 prepared, int8, _Batches(images.astype(np.float32)),
                 quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                reduce_range=seven_bits,
                 activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
                 calibrate_method=METHODS[method], nodes_to_exclude=keep,
                 extra_options={"CalibStridedMinMax": 1},  # batch by batch: bounded memory
             )  # fmt: skip
         quantized = onnx.load(int8)
-    note = f"int8 QDQ, per-channel weights, {method} calibration on {len(images)} images"
+    bits = "7-bit (this CPU has no VNNI)" if seven_bits else "8-bit"
+    note = f"int8 QDQ, per-channel {bits} weights, {method} calibration on {len(images)} images"
     set_meta(quantized, {**metadata(proto), "quantization": note})
     return quantized
 
