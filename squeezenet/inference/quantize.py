@@ -101,7 +101,7 @@ def quantize_onnx(
                 extra_options={"CalibStridedMinMax": 1},  # batch by batch: bounded memory
             )  # fmt: skip
         quantized = onnx.load(int8)
-    bits = "7-bit (this CPU has no VNNI)" if seven_bits else "8-bit"
+    bits = "7-bit (quantized on a CPU without VNNI)" if seven_bits else "8-bit"
     note = f"int8 QDQ, per-channel {bits} weights, {method} calibration on {len(images)} images"
     set_meta(quantized, {**metadata(proto), "quantization": note})
     return quantized
