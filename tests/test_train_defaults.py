@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -270,6 +271,37 @@ def test_a_changed_file_gets_a_new_cache_that_replaces_the_old(plain, tmp_path):
     assert new.path != old.path and new.path.is_file()
     assert not old.path.exists() and not old.path.with_suffix(".json").exists()
     assert fewer.path.is_file()  # another file list: still valid, kept
+
+
+def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    files = sorted((plain / CLASSES[0]).iterdir())[:3]
+    old = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    new = cached_pixels(files[:2], 48, square_pixels(48), "train", progress=False)
+    interrupted = old.path.with_name(".train-40px-3-0000-1.npy.tmp")
+    interrupted.write_bytes(b"x" * 4096)
+    two_days_ago = time.time() - 2 * 86400
+    for path in (old.path, old.path.with_suffix(".json")):
+        os.utime(path, (two_days_ago, two_days_ago))
+    os.utime(interrupted, (two_days_ago - 60, two_days_ago - 60))
+
+    assert main(["cache"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines[:3]] == [
+        new.path.stem,
+        old.path.stem,
+        "build)",
+    ]  # the most recently used first; the .tmp is named as an interrupted build
+    assert lines[-1].split()[-4:] == ["in", "3", "caches:", str(tmp_path / "home" / "cache")]
+
+    # finding the old cache again marks it used now: clearing unused ones keeps it
+    assert cached_pixels(files, 40, square_pixels(40), "train", progress=False).path == old.path
+    assert main(["cache", "clear", "--unused-days", "1"]) == 0
+    assert "deleted 1 caches" in capsys.readouterr().out
+    assert not interrupted.exists() and old.path.is_file() and new.path.is_file()
+    assert main(["cache", "clear"]) == 0
+    assert "deleted 2 caches" in capsys.readouterr().out
+    assert list((tmp_path / "home" / "cache").iterdir()) == []
 
 
 def test_cached_validation_images_are_what_validation_decodes(plain, tmp_path):

@@ -6,16 +6,19 @@ a ``.npy`` file under ``$SQUEEZENET_HOME/cache``. Its name is a hash of what det
 pixels (each file's path, size and modification time, the side and the way of resizing), so a
 changed file or another resolution makes a new cache and an unchanged folder reuses the old one,
 across epochs and runs; a new cache of changed files replaces theirs, which could never be read
-again. A JSON file written last marks it complete and lists unreadable images.
+again. A JSON file written last marks it complete and lists unreadable images; its mtime is
+when a run last found or built the cache, which ``squeezenet cache`` lists and clears by.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +139,7 @@ def cached_pixels(
     base = cache_dir() / f"{prefix}{key.hexdigest()[:16]}"
     done, data = base.with_suffix(".json"), base.with_suffix(".npy")
     if done.is_file() and data.is_file():
+        os.utime(done)  # last used: now
         return PixelCache(data, set(json.loads(done.read_text())["unreadable"]))
     cache = _build(
         files, pixels, draft or side, (len(files), side, side, 3), data, done, workers, progress
@@ -196,3 +200,37 @@ def check_every_class_readable(train: ImageDataset, cache: PixelCache) -> None:
         if unreadable[label] == count:
             folder = train.files[train.labels.index(label)].parent
             raise SqueezeNetError(f"{folder}: no readable image among its {count} training images")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cache on disk: its ``.npy`` and ``.json`` (or an interrupted build's ``.tmp``)."""
+
+    name: str
+    paths: tuple[Path, ...]
+    size: int  # bytes on disk
+    last_used: float  # seconds since the epoch
+    complete: bool
+
+
+def list_caches() -> list[CacheEntry]:
+    """Every cache under ``cache_dir()``, the most recently used first."""
+    groups: dict[str, list[Path]] = {}
+    for path in cache_dir().glob("*") if cache_dir().is_dir() else []:
+        if path.is_file():
+            name = path.name.removeprefix(".").split(".")[0]
+            groups.setdefault(name, []).append(path)
+    entries = []
+    for name, paths in groups.items():
+        stats = [p.stat() for p in paths]
+        done = cache_dir() / f"{name}.json"
+        entries.append(
+            CacheEntry(
+                name,
+                tuple(sorted(paths)),
+                sum(st.st_blocks * 512 for st in stats),  # a .tmp build is sparse until filled
+                max(st.st_mtime for st in stats),
+                done.is_file() and done.with_suffix(".npy").is_file(),
+            )
+        )
+    return sorted(entries, key=lambda e: e.last_used, reverse=True)
