@@ -13,6 +13,7 @@ import squeezenet
 from squeezenet.cli import main
 from squeezenet.data.transforms import load_image
 from squeezenet.errors import SqueezeNetError
+from squeezenet.inference import quantize as quantize_module
 from squeezenet.inference.backends import OnnxModel, open_onnx, optimize
 from squeezenet.inference.export import export
 from squeezenet.inference.quantize import int16_saturates, quantize
@@ -155,6 +156,33 @@ def test_seven_bit_weights_only_where_int16_pairs_saturate(tmp_path, flags, satu
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert int16_saturates(cpuinfo) is saturates
     assert int16_saturates(tmp_path / "missing") is False
+
+
+def test_eight_bit_weights_warn_where_int16_sums_saturate(tmp_path, monkeypatch, capsys):
+    """Quantized on a VNNI CPU (8 bits) and on one without (7 bits), then run without VNNI."""
+    v11 = squeezenet.load_model(shared_path(WEIGHTS["v1_1"]))
+    files = {}
+    for seven_bits in (False, True):
+        monkeypatch.setattr(quantize_module, "int16_saturates", lambda s=seven_bits: s)
+        files[seven_bits] = tmp_path / f"{seven_bits}.onnx"
+        quantize(v11, shared_path("data/imagenette/train"), files[seven_bits], num_images=10)
+    assert "8-bit weights" in metadata(onnx.load(files[False]))["quantization"]
+    assert (
+        "7-bit (quantized on a CPU without VNNI)"
+        in metadata(onnx.load(files[True]))["quantization"]
+    )
+    capsys.readouterr()
+    monkeypatch.setattr(quantize_module, "int16_saturates", lambda: True)
+    OnnxModel(files[True])
+    assert capsys.readouterr().err == ""
+    OnnxModel(files[False])
+    assert capsys.readouterr().err == (
+        f"warning: {files[False]}: 8-bit int8 weights on a CPU without VNNI, whose int16 sums "
+        "saturate (top-1 drops); 'squeezenet quantize' here writes 7-bit ones\n"
+    )
+    monkeypatch.setattr(quantize_module, "int16_saturates", lambda: False)
+    OnnxModel(files[False])
+    assert capsys.readouterr().err == ""
 
 
 def test_an_int8_file_is_not_run_by_a_pytorch_backend(int8_file):

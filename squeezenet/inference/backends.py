@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -313,6 +314,8 @@ class OnnxModel(nn.Module):
         self._proto, self._preprocess = proto or read_onnx(self.path), preprocess
         proto = self._proto
         self.int8 = is_int8(proto)
+        if self.int8:
+            _warn_if_saturating(self.path, proto)
         dims = [d.dim_value or None for d in proto.graph.input[0].type.tensor_type.shape.dim]
         outputs = proto.graph.output[0].type.tensor_type.shape.dim
         if len(dims) != 4 or None in dims[1:] or dims[0] not in (None, 1):
@@ -327,6 +330,17 @@ class OnnxModel(nn.Module):
     def run_with(self, runtime: str) -> OnnxModel:
         """The same file and preprocessing run by another runtime."""
         return OnnxModel(self.path, self._proto, self._preprocess, runtime)
+
+
+def _warn_if_saturating(path: Path, proto: onnx.ModelProto) -> None:
+    from .quantize import eight_bit_weights, int16_saturates  # onnxruntime.quantization: slow
+
+    if int16_saturates() and eight_bit_weights(proto):
+        print(
+            f"warning: {path}: 8-bit int8 weights on a CPU without VNNI, whose int16 sums "
+            "saturate (top-1 drops); 'squeezenet quantize' here writes 7-bit ones",
+            file=sys.stderr,
+        )
 
 
 def _info(meta: dict, path: Path, outputs: int, preprocess: str | None) -> WeightsInfo:

@@ -8,7 +8,7 @@ docs/inference.md). The pooled logits stay fp32: uint8 logits would reorder the 
 x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) add the u8 x s8 products in pairs into int16,
 which saturates with 8-bit weights (v1.1's top class changed on a quarter of the test images);
 quantized on such a CPU, the weights get 7 bits. A file made on a VNNI CPU keeps 8-bit weights
-and is the one to run on VNNI CPUs.
+and is the one to run on VNNI CPUs (``OnnxModel`` warns when one runs where sums saturate).
 """
 
 from __future__ import annotations
@@ -79,6 +79,16 @@ def int16_saturates(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     except OSError:  # not Linux: assume a CPU with VNNI or another instruction set
         return False
     return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
+def eight_bit_weights(proto: onnx.ModelProto) -> bool:
+    """Whether an int8 graph's weights use the 8th bit (7-bit ones lie in [-64, 64])."""
+    for tensor in proto.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.INT8:
+            weights = onnx.numpy_helper.to_array(tensor)
+            if weights.size and max(-int(weights.min()), int(weights.max())) > 64:
+                return True
+    return False
 
 
 def quantize_onnx(
