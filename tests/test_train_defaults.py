@@ -18,7 +18,7 @@ from test_train import CLASSES, NCNN, make_subset
 import squeezenet
 from squeezenet.cli import main
 from squeezenet.compress.distill import _dataset
-from squeezenet.data.cache import CachedImages, cached_pixels, square_pixels
+from squeezenet.data.cache import CachedImages, cached_pixels, list_caches, square_pixels
 from squeezenet.data.datasets import ImageDataset, split_folder, stratified_split
 from squeezenet.data.transforms import get_preset, load_image
 from squeezenet.engine import train as train_module
@@ -293,6 +293,11 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
         "build)",
     ]  # the most recently used first; the .tmp is named as an interrupted build
     assert lines[-1].split()[-4:] == ["in", "3", "caches:", str(tmp_path / "home" / "cache")]
+    sizes = {entry.name: entry.size for entry in list_caches()}
+    assert (
+        sizes[old.path.stem]
+        >= old.path.stat().st_size + old.path.with_suffix(".json").stat().st_size
+    )
 
     # finding the old cache again marks it used now: clearing unused ones keeps it
     assert cached_pixels(files, 40, square_pixels(40), "train", progress=False).path == old.path
