@@ -3,6 +3,7 @@ decoded-image cache, and a run that survives an absurd learning rate."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -18,7 +19,14 @@ from test_train import CLASSES, NCNN, make_subset
 import squeezenet
 from squeezenet.cli import main
 from squeezenet.compress.distill import _dataset
-from squeezenet.data.cache import CachedImages, cached_pixels, list_caches, square_pixels
+from squeezenet.data import cache as cache_module
+from squeezenet.data.cache import (
+    CachedImages,
+    being_built,
+    cached_pixels,
+    list_caches,
+    square_pixels,
+)
 from squeezenet.data.datasets import ImageDataset, split_folder, stratified_split
 from squeezenet.data.transforms import get_preset, load_image
 from squeezenet.engine import train as train_module
@@ -273,6 +281,20 @@ def test_a_changed_file_gets_a_new_cache_that_replaces_the_old(plain, tmp_path):
     assert fewer.path.is_file()  # another file list: still valid, kept
 
 
+def test_a_cache_is_locked_while_it_is_built(plain, tmp_path, monkeypatch):
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    decode, seen = cache_module._decode_into, []
+
+    def decode_and_look(*args):
+        seen.extend(being_built(tmp) for tmp in cache_module.cache_dir().glob(".*.tmp"))
+        return decode(*args)
+
+    monkeypatch.setattr(cache_module, "_decode_into", decode_and_look)
+    files = sorted((plain / CLASSES[0]).iterdir())[:3]
+    cache = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    assert seen == [True] and not being_built(cache.path)
+
+
 def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
     files = sorted((plain / CLASSES[0]).iterdir())[:3]
@@ -280,6 +302,10 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
     new = cached_pixels(files[:2], 48, square_pixels(48), "train", progress=False)
     interrupted = old.path.with_name(".train-40px-3-0000-1.npy.tmp")
     interrupted.write_bytes(b"x" * 4096)
+    building = old.path.with_name(".train-40px-3-0000-2.npy.tmp")
+    building.write_bytes(b"x" * 4096)
+    lock = building.open("rb")  # as a run building this cache holds it
+    fcntl.flock(lock, fcntl.LOCK_EX)
     two_days_ago = time.time() - 2 * 86400
     for path in (old.path, old.path.with_suffix(".json")):
         os.utime(path, (two_days_ago, two_days_ago))
@@ -287,12 +313,13 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
 
     assert main(["cache"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[-1] for line in lines[:3]] == [
+    assert [line.split(None, 4)[-1] for line in lines[:4]] == [
+        "train-40px-3-0000-2  (being built)",
         new.path.stem,
         old.path.stem,
-        "build)",
-    ]  # the most recently used first; the .tmp is named as an interrupted build
-    assert lines[-1].split()[-4:] == ["in", "3", "caches:", str(tmp_path / "home" / "cache")]
+        "train-40px-3-0000-1  (interrupted)",
+    ]  # the most recently used first
+    assert lines[-1].split()[-4:] == ["in", "4", "caches:", str(tmp_path / "home" / "cache")]
     sizes = {entry.name: entry.size for entry in list_caches()}
     assert (
         sizes[old.path.stem]
@@ -306,6 +333,9 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
     assert not interrupted.exists() and old.path.is_file() and new.path.is_file()
     assert main(["cache", "clear"]) == 0
     assert "deleted 2 caches" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "home" / "cache").iterdir()] == [building.name]
+    lock.close()  # the build ended without finishing: now it is an interrupted one
+    assert main(["cache", "clear"]) == 0
     assert list((tmp_path / "home" / "cache").iterdir()) == []
 
 

@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list or clear the decoded-image caches (train's --no-cache builds none)",
         description="The decoded-image caches under $SQUEEZENET_HOME/cache: 'list' shows each "
         "with its size and when a run last used it; 'clear' deletes them (all, or those unused "
-        "for --unused-days). A run that is reading a cache keeps it until it ends; clear no cache "
-        "a run is still building.",
+        "for --unused-days), except those a run is still building. A run that is reading a cache "
+        "keeps it until it ends.",
     )
     p.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
     p.add_argument(
@@ -29,7 +29,11 @@ def run_cache(args: argparse.Namespace) -> None:
     entries = list_caches()
     if args.action == "clear":
         cutoff = time.time() - 86400 * args.unused_days if args.unused_days is not None else None
-        gone = [e for e in entries if cutoff is None or e.last_used < cutoff]
+        gone = [
+            e
+            for e in entries
+            if e.state != "being built" and (cutoff is None or e.last_used < cutoff)
+        ]
         for entry in gone:
             for path in entry.paths:
                 path.unlink(missing_ok=True)
@@ -41,7 +45,7 @@ def run_cache(args: argparse.Namespace) -> None:
         return
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-        state = "" if e.complete else "  (interrupted build)"
+        state = "" if e.state == "complete" else f"  ({e.state})"
         print(f"{e.size / 1e6:>9,.0f} MB  {used}  {e.name}{state}")
     total = sum(e.size for e in entries)
     print(f"{total / 1e6:>9,.0f} MB  in {len(entries)} caches: {cache_dir()}")

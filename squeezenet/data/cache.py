@@ -12,6 +12,7 @@ when a run last found or built the cache, which ``squeezenet cache`` lists and c
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -146,7 +147,7 @@ def cached_pixels(
     )
     # caches of these files before they changed, and interrupted builds of them (.tmp)
     for stale in [*cache_dir().glob(f"{prefix}*"), *cache_dir().glob(f".{prefix}*")]:
-        if stale not in (data, done):
+        if stale not in (data, done) and not being_built(stale):
             stale.unlink(missing_ok=True)
     return cache
 
@@ -162,6 +163,18 @@ def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, pr
         )
     tmp = data.with_name(f".{data.name}.tmp")
     array = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+    with tmp.open("rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while building: see ``being_built``
+        bad = _decode_into(array, files, pixels, draft, workers, progress)
+        array.flush()
+        del array
+        tmp.replace(data)
+    atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
+    return PixelCache(data, set(bad))
+
+
+def _decode_into(array: np.ndarray, files, pixels, draft, workers: int, progress: bool) -> list:
+    """Decode every file into ``array``; the indices of the unreadable ones."""
     bad: list[int] = []
     loader = DataLoader(
         _Decode(files, pixels, draft),
@@ -170,14 +183,14 @@ def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, pr
         collate_fn=_collate,
         prefetch_factor=4 if workers else None,
     )
+    bar = tqdm(
+        total=len(files),
+        desc="decoding into the cache",
+        unit="img",
+        leave=False,
+        disable=not progress,
+    )
     with torch.inference_mode():
-        bar = tqdm(
-            total=len(files),
-            desc="decoding into the cache",
-            unit="img",
-            leave=False,
-            disable=not progress,
-        )
         for batch in loader:
             bar.update(len(batch))
             for i, image in batch:
@@ -186,11 +199,19 @@ def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, pr
                 else:
                     array[i] = image
     bar.close()
-    array.flush()
-    del array
-    tmp.replace(data)
-    atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
-    return PixelCache(data, set(bad))
+    return bad
+
+
+def being_built(path: Path) -> bool:
+    """Whether a run is still building this ``.tmp`` (it holds a lock on it until it ends)."""
+    try:
+        with path.open("rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def check_every_class_readable(train: ImageDataset, cache: PixelCache) -> None:
@@ -210,7 +231,7 @@ class CacheEntry:
     paths: tuple[Path, ...]
     size: int  # bytes on disk
     last_used: float  # seconds since the epoch
-    complete: bool
+    state: str  # "complete", "being built" (by a running run) or "interrupted"
 
 
 def list_caches() -> list[CacheEntry]:
@@ -224,13 +245,17 @@ def list_caches() -> list[CacheEntry]:
     for name, paths in groups.items():
         stats = [p.stat() for p in paths]
         done = cache_dir() / f"{name}.json"
+        if done.is_file() and done.with_suffix(".npy").is_file():
+            state = "complete"
+        else:
+            state = "being built" if any(map(being_built, paths)) else "interrupted"
         entries.append(
             CacheEntry(
                 name,
                 tuple(sorted(paths)),
                 sum(st.st_blocks * 512 for st in stats),  # a .tmp build is sparse until filled
                 max(st.st_mtime for st in stats),
-                done.is_file() and done.with_suffix(".npy").is_file(),
+                state,
             )
         )
     return sorted(entries, key=lambda e: e.last_used, reverse=True)
