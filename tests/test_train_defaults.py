@@ -339,6 +339,26 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
     assert list((tmp_path / "home" / "cache").iterdir()) == []
 
 
+def test_cache_list_skips_a_build_that_finishes_while_it_lists(plain, tmp_path, monkeypatch):
+    """A build renames its .tmp to .npy at any moment: a listing that saw the .tmp goes on
+    without it (it used to end in a FileNotFoundError traceback)."""
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    files = sorted((plain / CLASSES[0]).iterdir())[:2]
+    done = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    building = done.path.with_name(".train-40px-2-0000-1.npy.tmp")
+    building.write_bytes(b"x" * 4096)
+    real_is_file = Path.is_file
+
+    def is_file_then_finish(self):  # the build ends just after the listing has seen its .tmp
+        found = real_is_file(self)
+        if found and self == building:
+            building.rename(building.with_name("train-40px-2-0000-1.npy"))
+        return found
+
+    monkeypatch.setattr(Path, "is_file", is_file_then_finish)
+    assert [entry.name for entry in list_caches()] == [done.path.stem]
+
+
 def test_cached_validation_images_are_what_validation_decodes(plain, tmp_path):
     """The cache holds the preset's center crops: normalised, they are the tensors the
     uncached validation feeds the network, and an unreadable image stays unreadable."""

@@ -234,6 +234,13 @@ class CacheEntry:
     state: str  # "complete", "being built" (by a running run) or "interrupted"
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:  # a run renamed (.tmp to .npy) or deleted it since the listing
+        return None
+
+
 def list_caches() -> list[CacheEntry]:
     """Every cache under ``cache_dir()``, the most recently used first."""
     groups: dict[str, list[Path]] = {}
@@ -243,19 +250,15 @@ def list_caches() -> list[CacheEntry]:
             groups.setdefault(name, []).append(path)
     entries = []
     for name, paths in groups.items():
-        stats = [p.stat() for p in paths]
+        stats = {p: st for p in paths if (st := _stat(p)) is not None}
+        if not stats:
+            continue
         done = cache_dir() / f"{name}.json"
         if done.is_file() and done.with_suffix(".npy").is_file():
             state = "complete"
         else:
-            state = "being built" if any(map(being_built, paths)) else "interrupted"
-        entries.append(
-            CacheEntry(
-                name,
-                tuple(sorted(paths)),
-                sum(st.st_blocks * 512 for st in stats),  # a .tmp build is sparse until filled
-                max(st.st_mtime for st in stats),
-                state,
-            )
-        )
+            state = "being built" if any(map(being_built, stats)) else "interrupted"
+        on_disk = sum(st.st_blocks * 512 for st in stats.values())  # a .tmp is sparse until filled
+        last_used = max(st.st_mtime for st in stats.values())
+        entries.append(CacheEntry(name, tuple(sorted(stats)), on_disk, last_used, state))
     return sorted(entries, key=lambda e: e.last_used, reverse=True)
