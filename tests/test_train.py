@@ -73,24 +73,32 @@ def test_random_resized_crop_box_is_inside_and_seeded():
     assert again == boxes[7]  # same seed, same crop
 
 
-def test_train_transform_full_crop_is_the_preset_or_its_mirror(shared):
+def test_train_transform_full_crop_is_the_image_resized_or_its_mirror(shared):
     image = Image.open(sorted((shared("data/imagenette/val") / CLASSES[0]).iterdir())[0])
-    image = image.convert("RGB")
-    preset = get_preset("torchvision")
-    whole = TrainTransform(112, preset, min_scale=1.0)  # the whole (square) image, resized
-    reference = dataclasses.replace(preset, resize=112, crop=112)(
-        image.resize((112, 112), Image.Resampling.BILINEAR)
-    )
+    image = image.convert("RGB").resize((300, 300))
+    whole = TrainTransform(112, min_scale=1.0)  # the whole (square) image, resized
+    reference = torch.from_numpy(np.array(image.resize((112, 112), Image.Resampling.BILINEAR)))
     flips = set()
     for seed in range(8):
         x = whole(image, np.random.default_rng(seed))
-        assert x.shape == (3, 112, 112) and x.dtype.is_floating_point
-        if np.allclose(x.numpy(), reference.numpy(), atol=1e-5):
+        assert x.shape == (112, 112, 3) and x.dtype == torch.uint8
+        if torch.equal(x, reference):
             flips.add(False)
         else:
-            np.testing.assert_allclose(x.numpy(), reference.flip(2).numpy(), atol=1e-5)
+            assert torch.equal(x, reference.flip(1))  # mirrored left to right
             flips.add(True)
     assert flips == {False, True}
+
+
+def test_batches_are_scaled_where_the_network_runs_as_evaluation_scales_them():
+    pixels = torch.randint(
+        0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    for name in ("torchvision", "caffe"):  # RGB and BGR
+        preset = get_preset(name)
+        x = preset.normalize_tensor(pixels)
+        assert torch.equal(x, preset.normalize(pixels))  # bit for bit
+        assert x.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():

@@ -63,6 +63,18 @@ class Preprocess:
         array /= np.asarray(self.std, np.float32)[:, None, None]
         return torch.from_numpy(array)
 
+    def normalize_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``normalize`` in PyTorch, on whatever device ``pixels`` are, bit for bit the same.
+
+        The result keeps the pixels' NHWC memory, so it is already channels_last: training
+        ships bytes from its workers and scales them where the network runs.
+        """
+        x = pixels.permute(0, 3, 1, 2)
+        x = (x.flip(1) if self.bgr else x).float()
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)[:, None, None]
+        return x.mul_(self.scale).sub_(mean).div_(std)
+
     def with_size(self, crop: int) -> Preprocess:
         """The same preset at another input size (resize scaled by the same 256/224 ratio)."""
         return dataclasses.replace(self, crop=crop, resize=round(crop * self.resize / self.crop))

@@ -6,7 +6,6 @@ image gets the same crop in a given epoch whatever the worker, the process count
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data.cache import PixelCache
 from ..data.datasets import ImageDataset
-from ..data.transforms import Preprocess, load_image
+from ..data.transforms import load_image
 from ..errors import SqueezeNetError
 
 
@@ -56,10 +55,13 @@ def random_resized_crop_box(
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Random-resized-crop to ``size``, flip with probability 1/2, then ``preprocess``'s scaling."""
+    """Random-resized-crop to ``size``, then a flip with probability 1/2: uint8 (size, size, 3).
+
+    The network's scaling (``Preprocess.normalize_tensor``) is applied per batch where the
+    network runs: workers hand over bytes, a quarter of the float32 input.
+    """
 
     size: int
-    preprocess: Preprocess
     min_scale: float = 0.08
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
@@ -67,14 +69,13 @@ class TrainTransform:
         image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        # The image is already size x size, so the preset's resize and crop leave it unchanged.
-        return dataclasses.replace(self.preprocess, resize=self.size, crop=self.size)(image)
+        return torch.from_numpy(np.array(image))  # one copy: Pillow's buffer is read-only
 
 
 class AugmentedDataset(Dataset):
     """Wraps a labelled ``ImageDataset``; indexed by ``(epoch, index)`` keys.
 
-    Yields ``(tensor, label, index)``, or None for an image that cannot be decoded. With a
+    Yields ``(pixels, label, index)``, or None for an image that cannot be decoded. With a
     ``cache`` the images come decoded from it instead of from their files.
     """
 

@@ -543,7 +543,7 @@ class Trainer:
         cfg, procs = self.cfg, self.procs
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         workers = cfg.workers if cfg.workers is not None else min(4, (os.cpu_count() or 1) // local)
-        transform = TrainTransform(cfg.image_size, self.preset, cfg.min_scale)
+        transform = TrainTransform(cfg.image_size, cfg.min_scale)
         order = EpochOrder()
         loader = DataLoader(
             AugmentedDataset(train, transform, cfg.seed),  # its cache comes in fit()
@@ -803,7 +803,8 @@ class Trainer:
                 sums[4] += self.micro
                 continue
             x, y, _, skipped = batch
-            x = x.to(procs.device, non_blocking=True, memory_format=self.memory_format)
+            x = self.preset.normalize_tensor(x.to(procs.device, non_blocking=True))
+            x = x.contiguous(memory_format=self.memory_format)
             y = y.to(procs.device, non_blocking=True)
             sync = k == self.accum - 1 or procs.world == 1
             with nullcontext() if sync else self.net.no_sync(), self.autocast:
