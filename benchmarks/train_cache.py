@@ -109,11 +109,12 @@ def main() -> None:
     p.add_argument("--val-per-class", type=int, help="validation images per class (per-class/4)")
     p.add_argument("--arch", default="squeezenet1_1")
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, help="the batch (default: the arch's recipe's)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2, help="per run; the last one is timed")
     args = p.parse_args()
+    args.batch = args.batch or scratch_recipe(args.arch).batch_size  # what `train` uses
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SQUEEZENET_HOME"] = f"{tmp}/home"  # a cache of its own, built once below
         val = args.val_per_class or max(args.per_class // 4, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,15 @@ from squeezenet.cli import main
 from squeezenet.data.transforms import get_preset
 from squeezenet.engine.augment import TrainTransform, random_resized_crop_box
 from squeezenet.engine.checkpoint import STATE_FILE
-from squeezenet.engine.train import TrainConfig, _make_model, loss_is_stuck, lr_factor, train
+from squeezenet.engine.train import (
+    WORKER_NICENESS,
+    TrainConfig,
+    _init_worker,
+    _make_model,
+    loss_is_stuck,
+    lr_factor,
+    train,
+)
 from squeezenet.weights.formats import safetensors
 from squeezenet.weights.load import load_model
 
@@ -99,6 +108,23 @@ def test_batches_are_scaled_where_the_network_runs_as_evaluation_scales_them():
         x = preset.normalize_tensor(pixels)
         assert torch.equal(x, preset.normalize(pixels))  # bit for bit
         assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Niceness(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> int:
+        return os.nice(0)
+
+
+def test_training_workers_yield_the_cpu_to_the_network():
+    if os.nice(0) >= 19:
+        pytest.skip("the tests already run at the lowest priority")
+    loader = torch.utils.data.DataLoader(
+        _Niceness(), batch_size=None, num_workers=1, worker_init_fn=_init_worker
+    )
+    assert next(iter(loader)) == min(19, os.nice(0) + WORKER_NICENESS)
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():
