@@ -217,7 +217,8 @@ class StopGuard:
 # Decoding workers run at the lowest priority. At equal priority a waking worker preempts one of
 # the network's threads and the other waits for it at the next parallel region; at nice 19 they
 # use the time the step leaves idle (Python, the optimizer, the barriers). squeezenet1_1 at 128
-# px on 2 cores: 266 -> 338 img/s without the cache, 308 -> 360 with it (benchmarks/RESULTS.md).
+# px on 2 cores: 266 -> 338 img/s without the cache, 308 -> 360 with it (benchmarks/RESULTS.md,
+# session 11).
 # Nice only orders processes within one session's scheduling group (autogroup, where enabled).
 WORKER_NICENESS = 19
 
