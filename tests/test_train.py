@@ -105,9 +105,15 @@ def test_batches_are_scaled_where_the_network_runs_as_evaluation_scales_them():
     )
     for name in ("torchvision", "caffe"):  # RGB and BGR
         preset = get_preset(name)
-        x = preset.normalize_tensor(pixels)
-        assert torch.equal(x, preset.normalize(pixels))  # bit for bit
-        assert x.is_contiguous(memory_format=torch.channels_last)
+        array = pixels.numpy().transpose(0, 3, 1, 2)  # NumPy, as evaluation always scaled
+        array = (array[:, ::-1] if preset.bgr else array).astype(np.float32)
+        array = (array * np.float32(preset.scale) - np.float32(preset.mean)[:, None, None]) / (
+            np.float32(preset.std)[:, None, None]
+        )
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = preset.normalize(pixels, memory_format)
+            assert torch.equal(x, torch.from_numpy(array))  # bit for bit
+            assert x.is_contiguous(memory_format=memory_format)
 
 
 class _Niceness(torch.utils.data.Dataset):

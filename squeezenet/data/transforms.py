@@ -51,26 +51,21 @@ class Preprocess:
         image = center_crop(resize(image, self.resize, square=self.square_resize), self.crop)
         return torch.from_numpy(np.array(image))  # one copy: Pillow's buffer is read-only
 
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) pixels -> the network's contiguous float32 (N, 3, H, W) input.
+    def normalize(
+        self, batch: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> torch.Tensor:
+        """uint8 (N, H, W, 3) pixels -> the network's float32 (N, 3, H, W) input, on the pixels'
+        device, contiguous in ``memory_format``.
 
         Channel order, scale, mean and std as the preset says; one pass over a whole batch.
+        Training calls it where the network runs, on its workers' bytes (channels_last there).
         """
-        array = batch.numpy().transpose(0, 3, 1, 2)  # a view; the copy below makes it NCHW
-        array = (array[:, ::-1] if self.bgr else array).astype(np.float32, order="C")
-        array *= self.scale
-        array -= np.asarray(self.mean, np.float32)[:, None, None]
-        array /= np.asarray(self.std, np.float32)[:, None, None]
-        return torch.from_numpy(array)
-
-    def normalize_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``normalize`` in PyTorch, on whatever device ``pixels`` are, bit for bit the same.
-
-        The result keeps the pixels' NHWC memory, so it is already channels_last: training
-        ships bytes from its workers and scales them where the network runs.
-        """
-        x = pixels.permute(0, 3, 1, 2)
-        x = (x.flip(1) if self.bgr else x).float()
+        pixels = batch.permute(0, 3, 1, 2)
+        x = torch.empty(
+            pixels.shape, dtype=torch.float32, device=pixels.device, memory_format=memory_format
+        )
+        for channel, source in enumerate((2, 1, 0) if self.bgr else (0, 1, 2)):
+            x[:, channel] = pixels[:, source]  # to float in the copy (a flip would copy again)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)[:, None, None]
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device)[:, None, None]
         return x.mul_(self.scale).sub_(mean).div_(std)

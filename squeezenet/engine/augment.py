@@ -57,7 +57,7 @@ def random_resized_crop_box(
 class TrainTransform:
     """Random-resized-crop to ``size``, then a flip with probability 1/2: uint8 (size, size, 3).
 
-    The network's scaling (``Preprocess.normalize_tensor``) is applied per batch where the
+    The network's scaling (``Preprocess.normalize``) is applied per batch where the
     network runs: workers hand over bytes, a quarter of the float32 input.
     """
 

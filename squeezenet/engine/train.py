@@ -814,8 +814,7 @@ class Trainer:
                 sums[4] += self.micro
                 continue
             x, y, _, skipped = batch
-            x = self.preset.normalize_tensor(x.to(procs.device, non_blocking=True))
-            x = x.contiguous(memory_format=self.memory_format)
+            x = self.preset.normalize(x.to(procs.device, non_blocking=True), self.memory_format)
             y = y.to(procs.device, non_blocking=True)
             sync = k == self.accum - 1 or procs.world == 1
             with nullcontext() if sync else self.net.no_sync(), self.autocast:
