@@ -332,10 +332,14 @@ class OnnxModel(nn.Module):
         return OnnxModel(self.path, self._proto, self._preprocess, runtime)
 
 
+_WARNED_SATURATING: set[Path] = set()  # once per file: run_with() opens it again
+
+
 def _warn_if_saturating(path: Path, proto: onnx.ModelProto) -> None:
     from .quantize import eight_bit_weights, int16_saturates  # onnxruntime.quantization: slow
 
-    if int16_saturates() and eight_bit_weights(proto):
+    if path not in _WARNED_SATURATING and int16_saturates() and eight_bit_weights(proto):
+        _WARNED_SATURATING.add(path)
         print(
             f"warning: {path}: 8-bit int8 weights on a CPU without VNNI, whose int16 sums "
             "saturate (top-1 drops); 'squeezenet quantize' here writes 7-bit ones",
