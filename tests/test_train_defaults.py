@@ -3,6 +3,7 @@ decoded-image cache, and a run that survives an absurd learning rate."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -25,11 +26,12 @@ from squeezenet.data.cache import (
     being_built,
     cached_pixels,
     list_caches,
-    square_pixels,
+    train_pixels,
 )
 from squeezenet.data.datasets import ImageDataset, split_folder, stratified_split
 from squeezenet.data.transforms import get_preset, load_image
 from squeezenet.engine import train as train_module
+from squeezenet.engine.augment import AugmentedDataset, TrainTransform
 from squeezenet.engine.distributed import setup_processes
 from squeezenet.engine.recipes import SCRATCH, Recipe, finetune_recipe
 from squeezenet.engine.train import TrainConfig, Trainer, loss_diverged, resolve
@@ -254,28 +256,63 @@ def test_class_without_a_readable_image_is_named(plain, tmp_path, capsys):
 
 def test_cache_holds_the_decoded_pixels_and_is_reused(plain, tmp_path):
     files = sorted((plain / CLASSES[0]).iterdir())[:3]
-    cache = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    cache = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     for i, f in enumerate(files):
-        want = square_pixels(40)(load_image(f, 40))
+        want = train_pixels(40)(load_image(f, 40))
         np.testing.assert_array_equal(np.asarray(cache.image(i)), want)
-    again = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    again = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     assert again.path == cache.path
-    other = cached_pixels(files, 48, square_pixels(48), "train", progress=False)
-    assert other.path != cache.path and other.array.shape == (3, 48, 48, 3)
+    other = cached_pixels(files, 48, train_pixels(48), "train", progress=False)
+    width, height = load_image(files[0], 48).size  # JPEG draft: at least 48 px
+    assert other.path != cache.path and other.pixels(0).shape == (height, width, 3)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
-    mixed = cached_pixels([files[0], broken], 40, square_pixels(40), "train", progress=False)
+    mixed = cached_pixels([files[0], broken], 40, train_pixels(40), "train", progress=False)
     assert mixed.bad == {1} and mixed.image(1) is None
+
+
+def test_the_cache_changes_nothing_the_network_sees(plain):
+    """The cache only saves decoding: every epoch's crops are the uncached ones, taken from the
+    whole photo (the first cache held center squares at validation's resize side: its crops
+    lost the sides and were enlarged)."""
+    files = sorted((plain / CLASSES[0]).iterdir())[:4]
+    base = ImageDataset(files, [0] * len(files), None)
+    transform = TrainTransform(128, 0.35)
+    cache = cached_pixels(files, 128, train_pixels(128), "train", progress=False)
+    cached, decoded = (AugmentedDataset(base, transform, 0, c) for c in (cache, None))
+    for key in [(epoch, i) for epoch in range(2) for i in range(len(files))]:
+        (want, *rest), (got, *cached_rest) = decoded[key], cached[key]
+        assert torch.equal(got, want) and cached_rest == rest
+    for i, f in enumerate(files):
+        width, height = load_image(f).size
+        assert cache.pixels(i).shape == (height, width, 3)  # 224-px Imagenette: whole, as decoded
+
+
+def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_nothing(plain, monkeypatch):
+    files = sorted(plain.rglob("*.JPEG"))  # 48: the space is checked after the first 32
+    usage = SimpleNamespace(total=10**9, used=10**9, free=1000)
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda _: usage)
+    with pytest.raises(SqueezeNetError, match=r"cache needs about 0 MB more and the disk has 0 MB"):
+        cached_pixels(files, 40, train_pixels(40), "train", progress=False)
+    monkeypatch.undo()
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "_decode_into", disk_full)
+    with pytest.raises(SqueezeNetError, match="the disk filled up .* or pass --no-cache$"):
+        cached_pixels(files, 40, train_pixels(40), "train", progress=False)
+    assert list(cache_module.cache_dir().glob(".*.tmp")) == []
 
 
 def test_a_changed_file_gets_a_new_cache_that_replaces_the_old(plain, tmp_path):
     folder = tmp_path / "images"
     shutil.copytree(plain / CLASSES[0], folder)
     files = sorted(folder.iterdir())
-    old = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
-    fewer = cached_pixels(files[:-1], 40, square_pixels(40), "train", progress=False)
+    old = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
+    fewer = cached_pixels(files[:-1], 40, train_pixels(40), "train", progress=False)
     os.utime(files[0], ns=(0, files[0].stat().st_mtime_ns + 10**9))
-    new = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    new = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     assert new.path != old.path and new.path.is_file()
     assert not old.path.exists() and not old.path.with_suffix(".json").exists()
     assert fewer.path.is_file()  # another file list: still valid, kept
@@ -291,15 +328,15 @@ def test_a_cache_is_locked_while_it_is_built(plain, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_module, "_decode_into", decode_and_look)
     files = sorted((plain / CLASSES[0]).iterdir())[:3]
-    cache = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    cache = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     assert seen == [True] and not being_built(cache.path)
 
 
 def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
     files = sorted((plain / CLASSES[0]).iterdir())[:3]
-    old = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
-    new = cached_pixels(files[:2], 48, square_pixels(48), "train", progress=False)
+    old = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
+    new = cached_pixels(files[:2], 48, train_pixels(48), "train", progress=False)
     interrupted = old.path.with_name(".train-40px-3-0000-1.npy.tmp")
     interrupted.write_bytes(b"x" * 4096)
     building = old.path.with_name(".train-40px-3-0000-2.npy.tmp")
@@ -327,7 +364,7 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
     )
 
     # finding the old cache again marks it used now: clearing unused ones keeps it
-    assert cached_pixels(files, 40, square_pixels(40), "train", progress=False).path == old.path
+    assert cached_pixels(files, 40, train_pixels(40), "train", progress=False).path == old.path
     assert main(["cache", "clear", "--unused-days", "1"]) == 0
     assert "deleted 1 caches" in capsys.readouterr().out
     assert not interrupted.exists() and old.path.is_file() and new.path.is_file()
@@ -344,7 +381,7 @@ def test_cache_list_skips_a_build_that_finishes_while_it_lists(plain, tmp_path, 
     without it (it used to end in a FileNotFoundError traceback)."""
     monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
     files = sorted((plain / CLASSES[0]).iterdir())[:2]
-    done = cached_pixels(files, 40, square_pixels(40), "train", progress=False)
+    done = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     building = done.path.with_name(".train-40px-2-0000-1.npy.tmp")
     building.write_bytes(b"x" * 4096)
     real_is_file = Path.is_file

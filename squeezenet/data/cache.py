@@ -1,19 +1,23 @@
 """Decoded images kept on disk as one memory-mapped uint8 array, so a training epoch costs the
 network rather than the JPEG decoder.
 
-A cache holds a file list decoded once at one square side: ``(N, side, side, 3)`` uint8 RGB in
-a ``.npy`` file under ``$SQUEEZENET_HOME/cache``. Its name is a hash of what determines the
-pixels (each file's path, size and modification time, the side and the way of resizing), so a
-changed file or another resolution makes a new cache and an unchanged folder reuses the old one,
-across epochs and runs; a new cache of changed files replaces theirs, which could never be read
-again. A JSON file written last marks it complete and lists unreadable images; its mtime is
-when a run last found or built the cache, which ``squeezenet cache`` lists and clears by.
+A cache holds a file list decoded once, each image at its own size (training keeps whole
+photos, validation its center crops): their uint8 RGB pixels one after another in a 1-D
+``.npy`` file under ``$SQUEEZENET_HOME/cache``, and each image's (offset, height, width) in an
+``.idx.npy`` beside it. Its name is a hash of what determines the pixels (each file's path,
+size and modification time, the side and the way of resizing), so a changed file or another
+resolution makes a new cache and an unchanged folder reuses the old one, across epochs and
+runs; a new cache of changed files replaces theirs, which could never be read again. A JSON file
+written last marks it complete and lists unreadable images; its mtime is when a run last found
+or built the cache, which ``squeezenet cache`` lists and clears by.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,7 +35,10 @@ from tqdm import tqdm
 from ..errors import SqueezeNetError
 from ..io import atomic_write_bytes
 from .datasets import ImageDataset, squeezenet_home
-from .transforms import center_crop, load_image, resize
+from .transforms import crop_source, load_image
+
+FORMAT = 2  # in every cache's key: 1 held (N, side, side, 3) arrays, which this cannot read
+HEADER_BYTES = 128  # a 1-D uint8 .npy header: reserved first, written once the length is known
 
 
 def cache_dir() -> Path:
@@ -39,7 +46,8 @@ def cache_dir() -> Path:
 
 
 class _Decode(Dataset):
-    """Decodes image ``i`` to ``(side, side, 3)`` uint8 with ``pixels``; None when unreadable."""
+    """Decodes image ``i`` to ``(height, width, 3)`` uint8 with ``pixels``; None when
+    unreadable."""
 
     def __init__(self, files: Sequence[Path], pixels: Callable, draft: int) -> None:
         self.files, self.pixels, self.draft = files, pixels, draft
@@ -58,36 +66,47 @@ def _collate(batch):
     return batch
 
 
+def index_path(data: Path) -> Path:
+    """The ``(N, 3)`` (offset, height, width) table beside a cache's pixels."""
+    return data.with_suffix(".idx.npy")
+
+
 class PixelCache:
     """Images ``0..N-1`` of one file list as uint8 arrays (``None`` for unreadable ones).
 
-    The array is opened lazily in each process, so DataLoader workers share the page cache
+    The files are mapped lazily in each process, so DataLoader workers share the page cache
     instead of copying the data.
     """
 
     def __init__(self, path: Path, bad: set[int]) -> None:
         self.path, self.bad = path, bad
-        self._array: np.ndarray | None = None
+        self._flat: np.ndarray | None = None
+        self._index: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.array)
+        return len(self.index)
 
     @property
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return self._array
+    def index(self) -> np.ndarray:
+        if self._index is None:
+            self._index = np.load(index_path(self.path), mmap_mode="r")
+        return self._index
 
     def pixels(self, i: int) -> np.ndarray | None:
         """Image ``i``'s pixels, a read-only view of the mapped file (None: unreadable)."""
-        return None if i in self.bad else np.asarray(self.array[i])
+        if i in self.bad:
+            return None
+        if self._flat is None:
+            self._flat = np.load(self.path, mmap_mode="r")
+        offset, height, width = (int(v) for v in self.index[i])
+        return self._flat[offset : offset + height * width * 3].reshape(height, width, 3)
 
     def image(self, i: int) -> Image.Image | None:
         pixels = self.pixels(i)
         return None if pixels is None else Image.fromarray(pixels)
 
-    def __getstate__(self) -> dict:  # never pickle the mapped pixels themselves
-        return {**self.__dict__, "_array": None}
+    def __getstate__(self) -> dict:  # never pickle the mapped files themselves
+        return {**self.__dict__, "_flat": None, "_index": None}
 
 
 class CachedImages(Dataset):
@@ -105,11 +124,11 @@ class CachedImages(Dataset):
         return None if pixels is None else (torch.tensor(pixels), self.base.labels[i], i)
 
 
-def square_pixels(side: int) -> Callable[[Image.Image], np.ndarray]:
-    """Short side to ``side``, then the central square: what training crops are taken from."""
+def train_pixels(size: int) -> Callable[[Image.Image], np.ndarray]:
+    """What training crops of ``size`` are taken from (``crop_source``), as an array."""
 
     def pixels(image: Image.Image) -> np.ndarray:
-        return np.asarray(center_crop(resize(image, side, square=False), side))
+        return np.asarray(crop_source(image, size))
 
     return pixels
 
@@ -124,13 +143,15 @@ def cached_pixels(
     workers: int = 0,
     progress: bool = True,
 ) -> PixelCache:
-    """The cache of ``files`` decoded by ``pixels`` to ``side`` x ``side``: found or built.
+    """The cache of ``files`` decoded by ``pixels``: found or built.
 
-    ``kind`` names the way of resizing (part of the key: "train" crops and "val" presets at the
-    same side give different pixels); ``draft`` is the JPEG draft size (default ``side``).
+    ``kind`` and ``side`` name the way of decoding (part of the key: "train" images and "val"
+    presets at the same side give different pixels); ``draft`` is the JPEG draft size (default
+    ``side``).
     """
     paths = [Path(f).resolve() for f in files]
-    which = hashlib.sha256(json.dumps([kind, side, *map(str, paths)]).encode()).hexdigest()[:8]
+    named = json.dumps([FORMAT, kind, side, *map(str, paths)])
+    which = hashlib.sha256(named.encode()).hexdigest()[:8]
     key = hashlib.sha256(which.encode())
     for path in paths:
         st = path.stat() if path.exists() else None
@@ -142,39 +163,63 @@ def cached_pixels(
     if done.is_file() and data.is_file():
         os.utime(done)  # last used: now
         return PixelCache(data, set(json.loads(done.read_text())["unreadable"]))
-    cache = _build(
-        files, pixels, draft or side, (len(files), side, side, 3), data, done, workers, progress
-    )
+    cache = _build(files, pixels, draft or side, data, done, workers, progress)
     # caches of these files before they changed, and interrupted builds of them (.tmp)
     for stale in [*cache_dir().glob(f"{prefix}*"), *cache_dir().glob(f".{prefix}*")]:
-        if stale not in (data, done) and not being_built(stale):
+        if stale not in (data, index_path(data), done) and not being_built(stale):
             stale.unlink(missing_ok=True)
     return cache
 
 
-def _build(files, pixels, draft, shape, data: Path, done: Path, workers: int, progress: bool):
-    need = int(np.prod(shape)) + 4096
+def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress: bool):
     data.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(data.parent).free
-    if free < need:
-        raise SqueezeNetError(
-            f"{data.parent}: the decoded-image cache needs {need / 1e6:,.0f} MB and the disk has "
-            f"{free / 1e6:,.0f} MB free; free space, set SQUEEZENET_HOME, or pass --no-cache"
-        )
     tmp = data.with_name(f".{data.name}.tmp")
-    array = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
-    with tmp.open("rb") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # held while building: see ``being_built``
-        bad = _decode_into(array, files, pixels, draft, workers, progress)
-        array.flush()
-        del array
+    index = np.zeros((len(files), 3), np.int64)
+    with tmp.open("w+b") as out:
+        fcntl.flock(out, fcntl.LOCK_EX)  # held while building: see ``being_built``
+        out.write(bytes(HEADER_BYTES))
+        try:
+            bad = _decode_into(out, index, files, pixels, draft, workers, progress)
+        except BaseException as e:  # a build cut short is of no use to anyone
+            tmp.unlink()
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise SqueezeNetError(
+                    f"{data.parent}: the disk filled up while the decoded-image cache was "
+                    f"built; {_ROOM}"
+                ) from None
+            raise
+        length = out.tell() - HEADER_BYTES
+        out.seek(0)
+        header = {"descr": "|u1", "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(out, header)
+        assert out.tell() == HEADER_BYTES  # numpy pads this header to 128 bytes
+        atomic_write_bytes(index_path(data), _npy_bytes(index))
         tmp.replace(data)
     atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
     return PixelCache(data, set(bad))
 
 
-def _decode_into(array: np.ndarray, files, pixels, draft, workers: int, progress: bool) -> list:
-    """Decode every file into ``array``; the indices of the unreadable ones."""
+_ROOM = "free space, set SQUEEZENET_HOME, or pass --no-cache"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _check_space(folder: Path, need: float) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise SqueezeNetError(
+            f"{folder}: the decoded-image cache needs about {need / 1e6:,.0f} MB more and the "
+            f"disk has {free / 1e6:,.0f} MB free; {_ROOM}"
+        )
+
+
+def _decode_into(out, index: np.ndarray, files, pixels, draft, workers: int, progress: bool):
+    """Decode every file and append its pixels to ``out``, filling ``index``; the indices of
+    the unreadable ones. The disk space is checked once the first images tell their size."""
     bad: list[int] = []
     loader = DataLoader(
         _Decode(files, pixels, draft),
@@ -196,8 +241,13 @@ def _decode_into(array: np.ndarray, files, pixels, draft, workers: int, progress
             for i, image in batch:
                 if image is None:
                     bad.append(i)
+                    index[i] = out.tell() - HEADER_BYTES, 0, 0
                 else:
-                    array[i] = image
+                    index[i] = out.tell() - HEADER_BYTES, *image.shape[:2]
+                    out.write(np.ascontiguousarray(image).data)
+            if batch[0][0] == 0:  # the first batch: the rest at its mean size
+                mean = (out.tell() - HEADER_BYTES) / len(batch)
+                _check_space(Path(out.name).parent, mean * (len(files) - len(batch)))
     bar.close()
     return bad
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data.cache import PixelCache
 from ..data.datasets import ImageDataset
-from ..data.transforms import load_image
+from ..data.transforms import crop_source, load_image
 from ..errors import SqueezeNetError
 
 
@@ -76,7 +76,8 @@ class AugmentedDataset(Dataset):
     """Wraps a labelled ``ImageDataset``; indexed by ``(epoch, index)`` keys.
 
     Yields ``(pixels, label, index)``, or None for an image that cannot be decoded. With a
-    ``cache`` the images come decoded from it instead of from their files.
+    ``cache`` the images come decoded from it (the same pixels, ``train_pixels``) instead of
+    from their files.
     """
 
     def __init__(
@@ -97,7 +98,8 @@ class AugmentedDataset(Dataset):
             image = self.cache.image(i)
         else:
             try:
-                image = load_image(self.base.files[i], draft_size=self.transform.size)
+                size = self.transform.size
+                image = crop_source(load_image(self.base.files[i], draft_size=size), size)
             except SqueezeNetError:
                 image = None
         if image is None:

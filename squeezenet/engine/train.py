@@ -48,7 +48,7 @@ from ..data.cache import (
     PixelCache,
     cached_pixels,
     check_every_class_readable,
-    square_pixels,
+    train_pixels,
 )
 from ..data.datasets import (
     SPLIT_FILE,
@@ -573,18 +573,19 @@ class Trainer:
         return order, loader, sampler
 
     def _attach_cache(self) -> None:
-        """Training images decoded once at validation's resize side; rank 0 builds the cache."""
+        """Training images decoded once, as the uncached epochs see them; rank 0 builds the
+        cache."""
         images: AugmentedDataset = self.loader.dataset
         images.cache = self._pixel_cache(images.base, self.loader.num_workers)
         check_every_class_readable(images.base, images.cache)
 
     def _pixel_cache(self, train: ImageDataset, workers: int) -> PixelCache:
-        side = self.preset.resize
+        size = self.cfg.image_size
 
         def build() -> PixelCache:
             show = self.cfg.progress and self.procs.is_main
-            pixels = square_pixels(side)
-            return cached_pixels(train.files, side, pixels, "train", workers=workers, progress=show)
+            pixels = train_pixels(size)
+            return cached_pixels(train.files, size, pixels, "train", workers=workers, progress=show)
 
         if self.procs.world == 1:
             return build()
