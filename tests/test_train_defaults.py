@@ -25,6 +25,7 @@ from squeezenet.data.cache import (
     CachedImages,
     being_built,
     cached_pixels,
+    index_path,
     list_caches,
     train_pixels,
 )
@@ -315,6 +316,7 @@ def test_a_changed_file_gets_a_new_cache_that_replaces_the_old(plain, tmp_path):
     new = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     assert new.path != old.path and new.path.is_file()
     assert not old.path.exists() and not old.path.with_suffix(".json").exists()
+    assert not index_path(old.path).exists() and index_path(new.path).is_file()
     assert fewer.path.is_file()  # another file list: still valid, kept
 
 
