@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..errors import SqueezeNetError
-from ..io import atomic_write_bytes
+from ..io import atomic_output, atomic_write_bytes
 from .datasets import ImageDataset, squeezenet_home
 from .transforms import crop_source, load_image
 
@@ -193,19 +192,14 @@ def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress:
         header = {"descr": "|u1", "fortran_order": False, "shape": (length,)}
         np.lib.format.write_array_header_1_0(out, header)
         assert out.tell() == HEADER_BYTES  # numpy pads this header to 128 bytes
-        atomic_write_bytes(index_path(data), _npy_bytes(index))
+        with atomic_output(index_path(data)) as path, path.open("wb") as f:
+            np.save(f, index)  # a file object: a path not ending in .npy would get one appended
         tmp.replace(data)
     atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
     return PixelCache(data, set(bad))
 
 
 _ROOM = "free space, set SQUEEZENET_HOME, or pass --no-cache"
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def _check_space(folder: Path, need: float) -> None:
