@@ -133,6 +133,30 @@ def test_training_workers_yield_the_cpu_to_the_network():
     assert next(iter(loader)) == min(19, os.nice(0) + WORKER_NICENESS)
 
 
+AS_ON_WINDOWS = """
+import os, sys
+sys.modules["fcntl"] = sys.modules["resource"] = None  # importing either fails, as on Windows
+del os.nice, os.getloadavg
+from squeezenet.cli import main
+bench = ["bench", "--arch", "squeezenet1_1", "--batch", "1", "--threads", "1", "--repeats", "1"]
+sys.exit(main(sys.argv[1:]) or main(["cache", "list"]) or main([*bench, "--backends", "eager"]))
+"""
+
+
+def test_training_cache_and_bench_need_no_fcntl_resource_nice_or_load_average(tiny, tmp_path):
+    """Windows has none of them; every command once failed there (the CLI imports them all)."""
+    out = tmp_path / "run"
+    args = ["train", str(tiny), "--arch", "squeezenet1_1", "--epochs", "1", "--batch-size", "8",
+            "--image-size", "64", "--workers", "1", "--out", str(out)]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", AS_ON_WINDOWS, *args], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert (out / "best.safetensors").is_file()
+    assert "train-64px-32-" in run.stdout  # the training images' cache, listed
+    assert "load average n/a on" in run.stdout
+
+
 def test_lr_schedule_warms_up_then_decays_linearly():
     factors = [lr_factor(s, 4, 20) for s in range(20)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]

@@ -378,6 +378,25 @@ def test_cache_command_lists_and_clears_by_last_use(plain, tmp_path, monkeypatch
     assert list((tmp_path / "home" / "cache").iterdir()) == []
 
 
+def test_cache_clear_keeps_what_the_system_will_not_delete(plain, tmp_path, monkeypatch, capsys):
+    """Windows refuses to delete a file another process has open, such as a cache a run reads."""
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    files = sorted((plain / CLASSES[0]).iterdir())[:2]
+    in_use = cached_pixels(files, 40, train_pixels(40), "train", progress=False)
+    unused = cached_pixels(files, 48, train_pixels(48), "train", progress=False)
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self == in_use.path:
+            raise PermissionError(13, "The process cannot access the file", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert main(["cache", "clear"]) == 0
+    assert "deleted 1 caches" in capsys.readouterr().out
+    assert in_use.path.is_file() and not unused.path.exists()
+
+
 def test_cache_list_skips_a_build_that_finishes_while_it_lists(plain, tmp_path, monkeypatch):
     """A build renames its .tmp to .npy at any moment: a listing that saw the .tmp goes on
     without it (it used to end in a FileNotFoundError traceback)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..data.cache import cache_dir, list_caches
+from ..data.cache import cache_dir, list_caches, remove
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +29,13 @@ def run_cache(args: argparse.Namespace) -> None:
     entries = list_caches()
     if args.action == "clear":
         cutoff = time.time() - 86400 * args.unused_days if args.unused_days is not None else None
-        gone = [
+        old = [
             e
             for e in entries
             if e.state != "being built" and (cutoff is None or e.last_used < cutoff)
         ]
-        for entry in gone:
-            for path in entry.paths:
-                path.unlink(missing_ok=True)
+        # a file in use stays where the system refuses to delete it (Windows)
+        gone = [e for e in old if all([remove(path) for path in e.paths])]
         kept = len(entries) - len(gone)
         print(
             f"{cache_dir()}: deleted {len(gone)} caches ({sum(e.size for e in gone) / 1e6:,.0f} "

@@ -15,7 +15,6 @@ or built the cache, which ``squeezenet cache`` lists and clears by.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -35,6 +34,11 @@ from ..errors import SqueezeNetError
 from ..io import atomic_output, atomic_write_bytes
 from .datasets import ImageDataset, squeezenet_home
 from .transforms import crop_source, load_image
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, but there a file open in another process cannot be
+    fcntl = None  # deleted, which keeps a build in progress from the sweeps below
 
 FORMAT = 2  # in every cache's key: 1 held (N, side, side, 3) arrays, which this cannot read
 HEADER_BYTES = 128  # a 1-D uint8 .npy header: reserved first, written once the length is known
@@ -166,7 +170,7 @@ def cached_pixels(
     # caches of these files before they changed, and interrupted builds of them (.tmp)
     for stale in [*cache_dir().glob(f"{prefix}*"), *cache_dir().glob(f".{prefix}*")]:
         if stale not in (data, index_path(data), done) and not being_built(stale):
-            stale.unlink(missing_ok=True)
+            remove(stale)
     return cache
 
 
@@ -175,11 +179,13 @@ def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress:
     tmp = data.with_name(f".{data.name}.tmp")
     index = np.zeros((len(files), 3), np.int64)
     with tmp.open("w+b") as out:
-        fcntl.flock(out, fcntl.LOCK_EX)  # held while building: see ``being_built``
+        if fcntl:
+            fcntl.flock(out, fcntl.LOCK_EX)  # held while building: see ``being_built``
         out.write(bytes(HEADER_BYTES))
         try:
             bad = _decode_into(out, index, files, pixels, draft, workers, progress)
         except BaseException as e:  # a build cut short is of no use to anyone
+            out.close()  # Windows deletes no open file
             tmp.unlink()
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise SqueezeNetError(
@@ -194,6 +200,8 @@ def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress:
         assert out.tell() == HEADER_BYTES  # numpy pads this header to 128 bytes
         with atomic_output(index_path(data)) as path, path.open("wb") as f:
             np.save(f, index)  # a file object: a path not ending in .npy would get one appended
+        if fcntl is None:
+            out.close()  # Windows renames no open file (and there is no lock to keep)
         tmp.replace(data)
     atomic_write_bytes(done, json.dumps({"files": len(files), "unreadable": bad}).encode())
     return PixelCache(data, set(bad))
@@ -247,7 +255,10 @@ def _decode_into(out, index: np.ndarray, files, pixels, draft, workers: int, pro
 
 
 def being_built(path: Path) -> bool:
-    """Whether a run is still building this ``.tmp`` (it holds a lock on it until it ends)."""
+    """Whether a run is still building this ``.tmp`` (it holds a lock on it until it ends;
+    without ``fcntl`` this cannot tell, and says no)."""
+    if fcntl is None:
+        return False
     try:
         with path.open("rb") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -256,6 +267,15 @@ def being_built(path: Path) -> bool:
     except FileNotFoundError:
         pass
     return False
+
+
+def remove(path: Path) -> bool:
+    """Delete ``path`` if it is there and not in use; whether it is gone."""
+    try:
+        path.unlink(missing_ok=True)
+    except PermissionError:  # Windows: open in another process
+        return False
+    return True
 
 
 def check_every_class_readable(train: ImageDataset, cache: PixelCache) -> None:
@@ -285,6 +305,12 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
 
 
+def _on_disk(st: os.stat_result) -> int:
+    """Bytes a file takes on disk: a .tmp is sparse until filled (no block count on Windows)."""
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else blocks * 512
+
+
 def list_caches() -> list[CacheEntry]:
     """Every cache under ``cache_dir()``, the most recently used first."""
     groups: dict[str, list[Path]] = {}
@@ -302,7 +328,7 @@ def list_caches() -> list[CacheEntry]:
             state = "complete"
         else:
             state = "being built" if any(map(being_built, stats)) else "interrupted"
-        on_disk = sum(st.st_blocks * 512 for st in stats.values())  # a .tmp is sparse until filled
+        on_disk = sum(_on_disk(st) for st in stats.values())
         last_used = max(st.st_mtime for st in stats.values())
         entries.append(CacheEntry(name, tuple(sorted(stats)), on_disk, last_used, state))
     return sorted(entries, key=lambda e: e.last_used, reverse=True)

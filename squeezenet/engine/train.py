@@ -227,7 +227,8 @@ def _init_worker(_worker_id: int) -> None:
     """Workers let the main process decide when to stop, so a step can finish after Ctrl-C;
     they yield the CPU to the network (``WORKER_NICENESS``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(WORKER_NICENESS)
+    if hasattr(os, "nice"):  # not on Windows
+        os.nice(WORKER_NICENESS)
 
 
 class EpochOrder:

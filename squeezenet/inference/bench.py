@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,13 +108,25 @@ def _backend_step(backend: str, arch, weights, calibration, batches) -> Callable
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory since ``_reset_peak_rss`` (Linux) or since the start; NaN where
+    the platform does not say (Windows)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    kib = 1 / 1024 if sys.platform == "darwin" else 1  # macOS gives bytes, others KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 1024
+
+
+def _load_average() -> list[float]:
+    """The 1-minute load average, or nothing where the platform has none (Windows)."""
+    return [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
 
 
 def _reset_peak_rss() -> None:
@@ -219,7 +231,7 @@ def bench(
     size = info.preprocess.crop
     macs = count_macs(model, size)
     del model
-    rows, floors, loads = [], {}, [os.getloadavg()[0]]
+    rows, floors, loads = [], {}, _load_average()
     bar = tqdm(total=len(threads) * len(batches) * (repeats + 1), disable=not progress)
     for t in threads:
         bar.set_description(f"{t} thread(s): starting backends")
@@ -251,7 +263,7 @@ def bench(
                     "peak_rss_mb": peaks[b],
                 })  # fmt: skip
     bar.close()
-    loads.append(os.getloadavg()[0])
+    loads += _load_average()
     return {
         "arch": info.arch, "weights": weights, "image_size": size, "macs": macs,
         "floor_ops_per_s": floors, "repeats": repeats, "load_average": loads, "rows": rows,
@@ -260,11 +272,11 @@ def bench(
 
 def format_table(result: dict) -> str:
     """The result of ``bench`` as a Markdown table, one row per backend, thread count, batch."""
+    loads = " -> ".join(f"{v:.1f}" for v in result["load_average"])
     lines = [
         f"{result['arch']} ({result['weights'] or 'random weights'}) at {result['image_size']}px,"
         f" {result['macs'] / 1e9:.3f} GMAC per image; median of {result['repeats']} runs;"
-        f" load average {' -> '.join(f'{v:.1f}' for v in result['load_average'])}"
-        f" on {os.cpu_count()} cores",
+        f" load average {loads or 'n/a'} on {os.cpu_count()} cores",
     ]
     for t, floor in result["floor_ops_per_s"].items():
         rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in floor.items())
