@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e '.[test,ray,openvino]'
+	$(PIP) -e '.[test,ray,openvino,executorch,ncnn,hub]'
 	touch $@
 
 install: $(VENV)/.installed

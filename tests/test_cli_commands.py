@@ -177,21 +177,6 @@ def test_demo_classifies_the_photos_and_evaluates_both_weights(
     assert evaluated == ["imagenet-val: top-1 60.0%  top-5 80.0%  (10 images)"] * 2
 
 
-def test_export_torchscript_with_a_dynamic_batch_gives_the_model_logits(shared, tmp_path, capsys):
-    path = tmp_path / "v11.torchscript.pt"
-    out = run(capsys, "export", "--weights", shared(NCNN), "--format", "torchscript",
-              "--dynamic-batch", "-o", path)  # fmt: skip
-    assert out.strip() == (
-        f"{path}: squeezenet1_1 as torchscript, input (N, 3, 224, 224) after torchvision "
-        "preprocessing"
-    )
-    scripted = torch.jit.load(str(path))
-    model = squeezenet.load_model(shared(NCNN))
-    x = photo_batch(shared, model)
-    for batch in (x[:1], x):  # one file, two batch sizes
-        assert relative_error(logits_of(scripted, batch), logits_of(model, batch)) < 1e-6
-
-
 @pytest.mark.parametrize(
     ("source", "suffix", "arch"),
     [(NCNN, ".pth", "squeezenet1_1"), (DC, ".caffemodel", "squeezenet1_0"),

@@ -89,17 +89,6 @@ def test_onnx_export_without_dynamic_batch_has_batch_1_and_still_runs_batches(mo
         assert relative_error(OnnxModel(path)(x), model(x)) < 1e-4
 
 
-def test_torchscript_export_gives_the_same_logits_and_carries_the_metadata(model, tmp_path):
-    path = tmp_path / "model.pt"
-    export(model, path, "torchscript")
-    extra = {"squeezenet.json": ""}
-    scripted = torch.jit.load(str(path), _extra_files=extra)
-    assert json.loads(extra["squeezenet.json"])["arch"] == model.weights_info.arch
-    x = images(model, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
-
-
 def test_export_to_a_missing_folder_is_refused_before_any_work(model, tmp_path):
     with pytest.raises(SqueezeNetError, match="folder .*nowhere does not exist"):
         export(model, tmp_path / "nowhere" / "model.onnx")

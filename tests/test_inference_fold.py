@@ -12,7 +12,7 @@ from conftest import shared_path
 import squeezenet
 from squeezenet.data.transforms import get_preset, load_image
 from squeezenet.inference.backends import optimize
-from squeezenet.inference.export import export, onnx_model
+from squeezenet.inference.export.onnx import onnx_model
 from squeezenet.inference.fold import batch_norm_fires, fold_batch_norm
 from squeezenet.inference.quantize import quantize_onnx
 from squeezenet.models import build_model, default_input_size, list_models
@@ -109,8 +109,3 @@ def test_chainer_file_folds_exactly_to_chainers_logits(shared):
     assert relative_error(optimize(model, "onnxruntime")(x), expected) < 1e-5
 
 
-def test_torchscript_export_has_no_batch_norm(shared, tmp_path):
-    model = squeezenet.load_model(shared("weights/chainer-seed-format/weights.npz"))
-    export(model, tmp_path / "m.pt", "torchscript")
-    graph = str(torch.jit.load(tmp_path / "m.pt").inlined_graph)
-    assert "batch_norm" not in graph

@@ -35,7 +35,8 @@ from ..errors import SqueezeNetError
 from ..weights.detect import sha256_file
 from ..weights.formats.onnx import metadata
 from ..weights.info import WeightsInfo
-from .export import input_shape, onnx_model, read_onnx
+from .export import input_shape
+from .export.onnx import onnx_model, read_onnx
 from .fold import fold_batch_norm
 
 Forward = Callable[[torch.Tensor], torch.Tensor]

@@ -30,7 +30,8 @@ from ..data.transforms import Preprocess
 from ..errors import SqueezeNetError
 from ..io import atomic_write_bytes
 from ..weights.formats.onnx import metadata
-from .export import INPUT, check_output, onnx_model, set_meta
+from .export import check_output
+from .export.onnx import INPUT, onnx_model, set_meta
 
 CALIBRATION_BATCH = 10
 NUM_IMAGES = 300

@@ -1,4 +1,4 @@
-"""Export a model to ONNX (carrying its preprocessing and labels) or TorchScript.
+"""The ONNX target: the model as an ONNX graph carrying its preprocessing and labels.
 
 An exported ONNX file stores the model's ``weights_info.to_meta()`` in ``metadata_props``, one
 JSON-encoded value per key (``arch``, ``preprocess``, ``classes``, ...), so that it can be run
@@ -16,23 +16,14 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import FormatError, SqueezeNetError
-from ..io import atomic_write_bytes
-from .fold import fold_batch_norm
+from ...errors import FormatError, SqueezeNetError
+from ...io import atomic_write_bytes
+from ..fold import fold_batch_norm
+from . import input_shape
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
-FORMATS = ("onnx", "torchscript")
-
-
-def input_shape(model: nn.Module, example: torch.Tensor | None = None) -> tuple[int, int, int]:
-    """(C, H, W) the model is run at: the example's, else its preprocessing's crop."""
-    if example is not None:
-        return tuple(example.shape[1:])
-    info = getattr(model, "weights_info", None)
-    if info is None:
-        raise SqueezeNetError("the model has no weights_info: pass example= (a batch) for its size")
-    return (3, info.preprocess.crop, info.preprocess.crop)
+SUFFIXES = (".onnx",)
 
 
 def onnx_model(
@@ -75,31 +66,6 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise FormatError(f"{path}: not an ONNX model ({type(e).__name__})") from None
 
 
-def check_output(path: str | Path) -> Path:
-    """``path`` as a Path, after checking that its folder exists (before any long work)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise SqueezeNetError(f"{path}: folder {path.parent} does not exist")
-    return path
-
-
-def export(
-    model: nn.Module, path: str | Path, file_format: str = "onnx", *, dynamic_batch: bool = False
-) -> None:
-    """Write ``model`` as ONNX (fixed batch 1 unless ``dynamic_batch``) or TorchScript.
-
-    Both get the eval-mode model with its Fire BatchNorms folded into the convolutions.
-    """
-    path = check_output(path)
-    if file_format == "onnx":
-        data = onnx_model(model, dynamic_batch=dynamic_batch).SerializeToString()
-    elif file_format == "torchscript":
-        with torch.no_grad():
-            scripted = torch.jit.trace(fold_batch_norm(model), torch.zeros(1, *input_shape(model)))
-        extra = {"squeezenet.json": json.dumps(model.weights_info.to_meta())}
-        buffer = io.BytesIO()
-        torch.jit.save(scripted, buffer, _extra_files=extra)
-        data = buffer.getvalue()
-    else:
-        raise SqueezeNetError(f"unknown export format {file_format!r}; choose from {FORMATS}")
-    atomic_write_bytes(path, data)
+def write(model: nn.Module, path: Path, *, dynamic_batch: bool = False) -> None:
+    """Write ``model`` as ONNX (batch 1 unless ``dynamic_batch``), Fire BatchNorms folded."""
+    atomic_write_bytes(path, onnx_model(model, dynamic_batch=dynamic_batch).SerializeToString())
