@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+from itertools import accumulate
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +14,59 @@ import torch.nn.functional as F
 
 import squeezenet
 from squeezenet.inference.pipeline import evaluate, predict
-from squeezenet.weights.formats import deep_compression, ncnn
 
 DC = "weights/deep-compression/compressed_SqueezeNet.net"
 NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
 POOLS = {"1_0": (0, 3, 7), "1_1": (0, 2, 4)}  # max pool after conv1 and after these fires
 
 
+def conv_shapes(model: torch.nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def decode_deep_compression(path: Path, shapes: list[tuple[int, ...]]) -> list[dict]:
+    """The test's own reader of Song Han's file, written from the format's description:
+    uint32 nz[26], then per layer float32 codebook[256], float32 bias[out], uint8 code[nz],
+    uint8 gaps[(nz-1)//2+1] (4-bit, low nibble first); value k sits at cumsum(gap+1)-1."""
+    data = path.read_bytes()
+    counts = np.frombuffer(data, "<u4", 26).tolist()
+    offset, layers = 4 * 26, []
+    for shape, nz in zip(shapes, counts, strict=True):
+        codebook = np.frombuffer(data, "<f4", 256, offset)
+        bias = np.frombuffer(data, "<f4", shape[0], offset + 1024)
+        offset += 1024 + 4 * shape[0]
+        codes = np.frombuffer(data, "u1", nz, offset)
+        packed = np.frombuffer(data, "u1", (nz - 1) // 2 + 1, offset + nz)
+        offset += nz + len(packed)
+        gaps = [g for byte in packed.tolist() for g in (byte & 0xF, byte >> 4)][:nz]
+        positions = [end - 1 for end in accumulate(g + 1 for g in gaps)]
+        weight = np.zeros(math.prod(shape))
+        weight[positions] = codebook[codes]
+        layers.append({"weight": weight.reshape(shape), "bias": bias})
+    assert offset == len(data), "the layers must end exactly at the end of the file"
+    return layers
+
+
+def decode_ncnn_bin(path: Path, shapes: list[tuple[int, ...]]) -> list[dict]:
+    """The test's own reader of the ncnn .bin: per convolution, in .param order, the tag
+    0x01306B47, float16 weights, then float32 biases."""
+    data = path.read_bytes()
+    offset, layers = 0, []
+    for shape in shapes:
+        assert np.frombuffer(data, "<u4", 1, offset)[0] == 0x01306B47
+        weight = np.frombuffer(data, "<f2", math.prod(shape), offset + 4)
+        offset += 4 + weight.nbytes
+        bias = np.frombuffer(data, "<f4", shape[0], offset)
+        offset += bias.nbytes
+        layers.append({"weight": weight.astype(np.float64).reshape(shape), "bias": bias})
+    assert offset == len(data), "the layers must end exactly at the end of the file"
+    return layers
+
+
 def functional_forward(layers, x: torch.Tensor, version: str, conv10_pad: int) -> torch.Tensor:
     """SqueezeNet written out with torch.nn.functional in float64, from the decoded arrays."""
-    p = [(torch.from_numpy(d["weight"]).double(), torch.from_numpy(d["bias"]).double())
-         for _, d in layers]  # fmt: skip
+    p = [(torch.from_numpy(np.asarray(d["weight"], np.float64)),
+          torch.from_numpy(np.asarray(d["bias"], np.float64))) for d in layers]  # fmt: skip
     h = F.relu(F.conv2d(x.double(), *p[0], stride=2))
     h = F.max_pool2d(h, 3, 2, ceil_mode=True)
     for fire in range(8):
@@ -53,15 +98,14 @@ def test_deep_compression_v1_0_matches_independent_float64_forward(shared):
     assert (info.arch, info.preprocess.name, info.model_kwargs) == (
         "squeezenet1_0", "caffe", {"classifier_padding": 1}
     )  # fmt: skip
-    shapes = [(n, tuple(m.weight.shape)) for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    layers = decode_deep_compression(path, conv_shapes(model))
     x = real_batch(shared, model)
     with torch.no_grad():
         logits = model(x)
-    reference = functional_forward(deep_compression.read(path, shapes), x, "1_0", conv10_pad=1)
+    reference = functional_forward(layers, x, "1_0", conv10_pad=1)
     assert_rel_close(logits, reference)
     # The Caffe padding matters: without it the logits differ far beyond tolerance.
-    without = functional_forward(deep_compression.read(path, shapes), x, "1_0", conv10_pad=0)
+    without = functional_forward(layers, x, "1_0", conv10_pad=0)
     assert (without - reference).abs().max() > 1e-2 * reference.abs().max()
 
 
@@ -74,7 +118,8 @@ def test_ncnn_v1_1_matches_independent_float64_forward(shared):
     x = real_batch(shared, model)
     with torch.no_grad():
         logits = model(x)
-    assert_rel_close(logits, functional_forward(ncnn.read(path), x, "1_1", conv10_pad=0))
+    layers = decode_ncnn_bin(path.with_suffix(".bin"), conv_shapes(model))
+    assert_rel_close(logits, functional_forward(layers, x, "1_1", conv10_pad=0))
 
 
 def test_chainer_file_reproduces_chainers_logits(shared):
