@@ -117,21 +117,31 @@ def test_batcher_submit_queues_from_the_thread_and_passes_errors_on():
     assert alone.batch_size == 1 and alone.logits.tolist() == [10.0] * 3
 
 
-def test_concurrent_requests_answers_and_metrics_agree(model):
-    data = shared_path("data/photos/chelsea.png").read_bytes()
+def test_concurrent_requests_answers_and_metrics_agree(model, shared):
+    """Eight different images at once, in batches of up to 4: each answer is the model's own
+    answer for that image, so answers swapped within or between batches cannot pass."""
+    photos = sorted(shared("data/photos").iterdir())
+    paths = [*photos, sorted(shared("data/imagenet-val/images").iterdir())[0]][:8]
+    expected = [r["top"] for r in predict(model, paths, topk=5, workers=0, progress=False)[0]]
+    assert len({tuple(t["index"] for t in top) for top in expected}) == len(paths) == 8
     app = create_app(model, backend="eager", max_batch=4, max_wait_ms=1000)
 
     async def burst(url: str) -> list[dict]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             replies = await asyncio.gather(
-                *[http.post("/v1/classify", content=data) for _ in range(8)]
+                *[http.post("/v1/classify", content=p.read_bytes()) for p in paths]
             )
             return [r.json() for r in replies]
 
     with serving(app) as url:
         answers = asyncio.run(burst(url))
         metrics = httpx.get(f"{url}/metrics").text
-    assert all(a["top"] == answers[0]["top"] for a in answers)  # batched or not, the same
+    for path, answer, top in zip(paths, answers, expected, strict=True):
+        assert [t["index"] for t in answer["top"]] == [t["index"] for t in top], path.name
+        np.testing.assert_allclose(
+            [t["prob"] for t in answer["top"]], [t["prob"] for t in top], rtol=1e-4
+        )
+    assert max(a["batch_size"] for a in answers) > 1  # some requests did share a batch
     batches = sum(1 / a["batch_size"] for a in answers)  # each batch of n answers n times
     assert f"squeezenet_batch_size_count {round(batches)}\n" in metrics
     assert "squeezenet_batch_size_sum 8.000000\n" in metrics
