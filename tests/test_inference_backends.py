@@ -121,18 +121,41 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
         OnnxModel(fake)
 
 
+def squeezenet1_1_macs(side: int = 224, classes: int = 1000) -> int:
+    """SqueezeNet v1.1's multiply-accumulates for one image, by hand from its layer table."""
+
+    def pool(n: int) -> int:  # 3x3 max pool, stride 2, ceil mode
+        return -(-(n - 3) // 2) + 1
+
+    side = (side - 3) // 2 + 1  # conv1: 3x3, stride 2, 64 filters
+    macs, channels, side = side * side * 64 * 3 * 9, 64, pool(side)
+    fires = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]
+    for n, (squeeze, expand) in enumerate(fires):
+        side = pool(side) if n in (2, 4) else side  # max pools after fire3 and fire5
+        macs += side * side * squeeze * (channels + expand + 9 * expand)  # squeeze, 1x1, 3x3
+        channels = 2 * expand
+    return macs + side * side * classes * channels  # conv10
+
+
 def test_bench_times_backends_side_by_side_with_floor_and_memory():
     result = bench("squeezenet1_1", batches=[1, 2], backends=["eager", "onnxruntime"],
                    repeats=2, warmup=1, progress=False)  # fmt: skip
     rows = {(r["backend"], r["batch"]): r for r in result["rows"]}
     assert set(rows) == {(b, n) for b in ("eager", "onnxruntime") for n in (1, 2)}
-    assert rows[("eager", 1)]["vs_eager"] == 1.0
-    for r in rows.values():
-        assert r["seconds"] > 0 and r["peak_rss_mb"] > 50 and 0 < r["of_floor"]
+    macs = squeezenet1_1_macs()
+    assert macs == result["macs"] == 349_151_936  # torchvision labels it 0.35 GFLOPS
     floor = result["floor_ops_per_s"][torch.get_num_threads()]
     assert set(floor) == {"torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8"}
-    assert result["macs"] == 349_151_936  # squeezenet1_1 at 224 (torchvision: 0.35 GFLOPS)
-    assert "| onnxruntime | " in format_table(result)
+    fp32 = max(floor["torch fp32"], floor["onnxruntime fp32"])  # FLOP/s, 2 per MAC
+    for (_, batch), r in rows.items():
+        assert r["seconds"] > 0 and r["peak_rss_mb"] > 50
+        assert r["images_per_s"] == pytest.approx(batch / r["seconds"])
+        assert r["vs_eager"] == pytest.approx(rows[("eager", batch)]["seconds"] / r["seconds"])
+        assert r["floor_seconds"] == pytest.approx(2 * macs * batch / fp32)
+        assert r["of_floor"] * r["seconds"] == pytest.approx(2 * macs * batch / fp32)
+    table = format_table(result)
+    assert "0.349 GMAC per image" in table
+    assert sum(line.startswith(("| eager |", "| onnxruntime |")) for line in table.split("\n")) == 4
 
 
 def test_bench_reports_a_backend_that_fails_and_leaves_no_process(tmp_path):
