@@ -318,8 +318,8 @@ def reconstruct(
 @contextmanager
 def single_thread():
     """Run the column-by-column OBS sweeps on one thread: their many small operations gain
-    nothing from a second, and on a busy machine threads waiting for each other made a
-    layer 6x slower (conv10: 30 s instead of 5 s at load 10 on 2 cores)."""
+    nothing from a second, and on a busy machine each one waits for the slower thread (up to
+    6x slower per layer)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

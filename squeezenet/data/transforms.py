@@ -179,11 +179,11 @@ def crop_source(image: Image.Image, size: int) -> Image.Image:
     """What training crops of ``size`` are taken from: the whole image as decoded (JPEG
     draft to at least ``size``), its short side brought down to ``2 * size`` if longer.
 
-    Whole and sharp: the first cache held center squares at validation's resize side (146 px
-    for 128), which cut the sides off non-square photos and threw away resolution (crops were
-    enlarged up to 1.75x). On held-out Imagenette (224-px photos) squeezenet1_1_bn reached
-    74.55% after 10 epochs from the photos, 72.02% from those squares (benchmarks/RESULTS.md,
-    session 12). The bound keeps large PNGs small in the cache.
+    Whole and sharp, because a random-resized crop may take any part of the photo at any scale:
+    a center square at validation's resize side (146 px for 128) would cut the sides off
+    non-square photos and make crops enlarge a lower-resolution copy (up to 1.75x), which cost
+    squeezenet1_1_bn 2.5 points of held-out top-1 on Imagenette after 10 epochs. The
+    ``2 * size`` bound keeps large photos small in the training cache.
     """
     return resize(image, 2 * size, square=False) if min(image.size) > 2 * size else image
 

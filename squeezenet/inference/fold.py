@@ -6,7 +6,7 @@ A BatchNorm after the concatenation is, in eval mode, a per-channel affine map
 ``expand3x3``, so each convolution takes its share: weights times ``scale``, bias times
 ``scale`` plus ``shift``. The ReLU stays after the (now absent) BatchNorm; a bypass is added
 after the ReLU as before. Exporters do not fold a BatchNorm that follows a concatenation, and
-ONNX Runtime's int8 quantizer wraps it in quantize/dequantize pairs, which made int8 slower
+ONNX Runtime's int8 quantizer wraps it in quantize/dequantize pairs, which makes int8 slower
 than fp32 on the BatchNorm variants.
 """
 

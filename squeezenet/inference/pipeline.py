@@ -25,9 +25,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 def default_workers() -> int:
     """Decoding processes: one core left to the network's threads, at most 4.
 
-    On 2 cores, 1 worker made ``evaluate`` faster than 2 (73-74% of the network alone against
-    56-58% for v1.0 fp32 and int8; benchmarks/RESULTS.md): a second decoder preempts the
-    network's threads, and they wait for each other at every layer.
+    A decoder on the network's last core preempts one of its threads, and the threads wait for
+    each other at every layer: on 2 cores one worker ran ``evaluate`` about 1.3x faster than two.
     """
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 

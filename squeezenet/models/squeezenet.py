@@ -75,8 +75,8 @@ class Fire(nn.Module):
 
 
 # conv10 is followed by a ReLU: a class map pushed below zero everywhere gets no gradient again,
-# and with few classes (most images push a map down) training from scratch at a useful rate
-# killed them (benchmarks/RESULTS.md). Biases of 1 give the ReLUs positive inputs at the start,
+# and with few classes (most images push a map down) biases of 0 let a useful learning rate
+# kill class maps early in training. Biases of 1 give the ReLUs positive inputs at the start,
 # as Krizhevsky et al. (2012) did for AlexNet's ReLU layers; only differences between the
 # logits matter to the softmax, so the offset itself costs nothing.
 CONV10_BIAS = 1.0
