@@ -1,4 +1,4 @@
-"""Every inference backend on both real weights, with the acceptance ratios of issue 4.
+"""Every inference backend on both real weights, with the headline ratios at batch 20.
 
 Runs ``squeezenet.inference.bench`` (the code behind ``squeezenet bench``) for v1.0 and v1.1 at
 batch 1 and 20 on 1 and 2 threads, prints its tables, then the ratios at batch 20 measured in

@@ -1,7 +1,7 @@
 """Training images/s: eager fp32 NCHW against channels_last and bf16 autocast, side by side.
 
-Compute only (random tensors, one SGD step per setting in turn, median per setting), at the
-issue's setting, v1.0 at batch 128 and 227x227:
+Compute only (random tensors, one SGD step per setting in turn, median per setting), by
+default v1.0 at batch 128 and 227x227:
 
     .venv/bin/python benchmarks/train_speed.py --arch squeezenet1_0 --batch 128 --size 227
 
