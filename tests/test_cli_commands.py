@@ -1,7 +1,7 @@
 """The README's commands on their success path, through the command line, with small real files:
-list, download (from a local file:// source and from a pre-filled cache), bench, demo, export to
-TorchScript with a dynamic batch, convert to .pth/.caffemodel/.npz, predict --backend, train
---freeze-features and serve --backend auto. Nothing is downloaded from the network."""
+list, download (from a local file:// source and from a pre-filled cache), bench, demo, convert
+to .pth/.caffemodel/.npz, predict --backend, train --freeze-features and serve --backend auto.
+Nothing is downloaded from the network."""
 
 from __future__ import annotations
 
