@@ -10,3 +10,10 @@ class SqueezeNetError(Exception):
 
 class FormatError(SqueezeNetError):
     """A weights or data file that is damaged, truncated or not what it claims to be."""
+
+
+class OutputError(SqueezeNetError):
+    """A file could not be written (no space, read-only, no permission, size limit).
+
+    The file's earlier content, if any, is intact: every writer goes through ``io.atomic_output``.
+    """

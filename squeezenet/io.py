@@ -1,14 +1,20 @@
-"""Atomic file output: write to a temporary file beside the target, then rename over it."""
+"""Atomic file output: write to a temporary file beside the target, then rename over it.
+
+Every file the package writes goes through ``atomic_output`` as plain file writes (libraries'
+serializers write into memory first), so an OS error always surfaces here as an ``OSError`` and
+leaves as one ``OutputError`` line naming the file and the cause.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SqueezeNetError
+from .errors import OutputError, SqueezeNetError
 
 
 @contextlib.contextmanager
@@ -20,7 +26,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise SqueezeNetError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise output_error(path, e) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -30,11 +39,28 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give it the usual mode
         os.replace(tmp, path)
+    except OSError as e:
+        raise output_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def output_error(path: str | Path, error: OSError) -> OutputError:
+    """``error`` as one line naming ``path`` and the cause (e.g. "No space left on device")."""
+    cause = error.strerror or str(error) or type(error).__name__
+    return OutputError(f"{path}: cannot write: {cause}")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_torch_save(path: str | Path, obj: object) -> None:
+    """``torch.save`` through memory: its zip writer reports a full disk as a RuntimeError."""
+    import torch  # here: importing this module stays light for commands that never save
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -103,16 +103,28 @@ def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return x, y, i, len(batch) - len(good)
 
 
-def read_labels_csv(root: Path) -> tuple[list[Path], list[int]]:
+def read_labels_csv(root: Path, num_classes: int | None = None) -> tuple[list[Path], list[int]]:
+    """The files and labels of ``root/labels.csv``; a malformed or repeated row, or a label
+    outside ``[0, num_classes)``, is an error naming its line."""
     path = root / "labels.csv"
-    files, labels = [], []
+    files, labels, lines = [], [], {}
     with path.open(newline="", encoding="utf-8") as f:
         for n, row in enumerate(csv.DictReader(f), start=2):
             try:
-                files.append(root / row["file"])
-                labels.append(int(row["label"]))
+                file, label = row["file"], int(row["label"])
             except (KeyError, TypeError, ValueError):
                 raise SqueezeNetError(f"{path}:{n}: expected columns file,label") from None
+            if file in lines:
+                raise SqueezeNetError(f"{path}:{n}: {file} is listed again (line {lines[file]})")
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                allowed = f"0..{num_classes - 1}" if num_classes else "0 or more"
+                raise SqueezeNetError(
+                    f"{path}:{n}: label {label} is outside {allowed}"
+                    + (f" (the model has {num_classes} classes)" if num_classes else "")
+                )
+            lines[file] = n
+            files.append(root / file)
+            labels.append(label)
     if not files:
         raise SqueezeNetError(f"{path}: no rows")
     return files, labels
@@ -134,14 +146,19 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
 
 
 def labelled_folder(
-    root: str | Path, transform: Callable, classes: list[str] | None = None, draft_size=None
+    root: str | Path,
+    transform: Callable,
+    classes: list[str] | None = None,
+    draft_size=None,
+    num_classes: int | None = None,
 ) -> ImageDataset:
     """A labelled dataset from ``root/labels.csv``, an ImageFolder tree, or a training run
     folder split from a plain class-folder tree (its validation share, from ``split.json``).
 
     For ImageFolder trees, folder names are mapped through ``classes`` (the model's own class
     names or the ImageNet wnids) when every folder is among them; otherwise folders are
-    numbered in sorted order.
+    numbered in sorted order. With ``num_classes`` (the model's), labels outside it and folders
+    that only some of ``classes`` match are errors.
     """
     root = Path(root)
     if not root.is_dir():
@@ -155,9 +172,19 @@ def labelled_folder(
             val.classes = classes
         return val
     if (root / "labels.csv").is_file():
-        files, labels = read_labels_csv(root)
+        files, labels = read_labels_csv(root, num_classes)
         return ImageDataset(files, labels, transform, classes, draft_size)
     folders, files, labels = scan_image_folder(root)
+    unknown = [name for name in folders if name not in set(classes or ())]
+    if num_classes is not None and 0 < len(unknown) < len(folders):
+        raise SqueezeNetError(
+            f"{root / unknown[0]}: a class folder the model does not know "
+            f"({len(unknown)} of {len(folders)} folders are not among its classes)"
+        )
+    if num_classes is not None and unknown and len(folders) > num_classes:
+        raise SqueezeNetError(
+            f"{root}: has {len(folders)} class folders, the model has {num_classes} classes"
+        )
     if classes is not None and set(folders) <= set(classes):
         lookup = {name: k for k, name in enumerate(classes)}
         labels = [lookup[folders[k]] for k in labels]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import SqueezeNetError
-from ..io import atomic_output
+from ..io import atomic_torch_save
 
 STATE_FILE = "state.pt"
 STATE_VERSION = 2  # 2: progress holds plain values only (named fields, no NumPy)
@@ -63,8 +63,7 @@ def set_rng_states(states: dict) -> None:
 
 def save_state(run_dir: Path, state: dict) -> None:
     state = {"version": STATE_VERSION, **state, "rng": rng_states()}
-    with atomic_output(run_dir / STATE_FILE) as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(run_dir / STATE_FILE, state)
 
 
 def load_state(run_dir: Path) -> dict:

@@ -120,7 +120,9 @@ def evaluate(
     """
     info = model.weights_info
     preprocess = info.preprocess
-    dataset = labelled_folder(data, preprocess.pixels, info.class_ids, draft_size=preprocess.resize)
+    dataset = labelled_folder(
+        data, preprocess.pixels, info.class_ids, preprocess.resize, num_classes=info.num_classes
+    )
     if info.class_ids is None and dataset.classes and len(dataset.classes) != info.num_classes:
         raise SqueezeNetError(
             f"{data}: has {len(dataset.classes)} classes, the model has {info.num_classes} "

@@ -20,7 +20,8 @@ import torch
 
 from ..data.datasets import ImageDataset, list_images
 from ..data.transforms import load_image
-from ..errors import SqueezeNetError
+from ..errors import OutputError, SqueezeNetError
+from ..io import output_error
 from .pipeline import Forward, batch_logits, top_classes
 
 
@@ -180,7 +181,10 @@ class LineWriter:
         if not path.parent.is_dir():
             raise SqueezeNetError(f"{path}: folder {path.parent} does not exist")
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise output_error(path, e) from None
         self.sync_seconds = sync_seconds
         self.synced = time.monotonic()
 
@@ -189,21 +193,38 @@ class LineWriter:
             return
         data = "".join(line + "\n" for line in lines).encode("utf-8")
         view = memoryview(data)
-        while view:  # O_APPEND: a regular file takes it whole; loop on the rare short write
-            view = view[os.write(self.fd, view) :]
-        if time.monotonic() - self.synced >= self.sync_seconds:
-            self.sync()
+        try:
+            while view:  # O_APPEND: a regular file takes it whole; loop on the rare short write
+                view = view[os.write(self.fd, view) :]
+            if time.monotonic() - self.synced >= self.sync_seconds:
+                self.sync()
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, error: OSError) -> None:
+        # a torn last line is dropped by ``completed_files`` when the run is resumed
+        raise OutputError(
+            f"{output_error(self.path, error)}; every complete line is kept: make room and "
+            "rerun with --resume"
+        ) from None
 
     def sync(self) -> None:
         os.fsync(self.fd)
         self.synced = time.monotonic()
 
     def close(self) -> None:
-        self.sync()
-        os.close(self.fd)
+        try:
+            self.sync()
+        except OSError as e:
+            self._failed(e)
+        finally:
+            os.close(self.fd)
 
     def __enter__(self) -> LineWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        else:  # already failing: release the file without raising a second error
+            os.close(self.fd)

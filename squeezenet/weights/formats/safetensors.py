@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as to_bytes
 
 from ...errors import FormatError
-from ...io import atomic_output
+from ...io import atomic_write_bytes
 from . import Contents, Hints
 
 META_KEY = "squeezenet"
@@ -57,5 +58,5 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 def write(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
     contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    with atomic_output(path) as tmp:
-        save_file(contiguous, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    data = to_bytes(contiguous, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    atomic_write_bytes(path, data)  # bytes first: safetensors' own file writer hides OSError

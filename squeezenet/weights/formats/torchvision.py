@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...errors import FormatError
-from ...io import atomic_output
+from ...io import atomic_torch_save
 from . import Contents, Hints
 
 SUFFIXES = (".pth", ".pt")
@@ -49,5 +49,4 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
 
 def write(path: str | Path, state: dict[str, np.ndarray]) -> None:
     """Write a state dict that ``torch.load`` (and torchvision) reads, atomically."""
-    with atomic_output(path) as tmp:
-        torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, tmp)
+    atomic_torch_save(path, {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
