@@ -84,9 +84,8 @@ def _write_checked(
     if lost:
         what = " and ".join(item for item, _ in lost)
         assumed = ", ".join(value for _, value in lost)
-        verb = "has" if len(lost) == 1 else "have"
         raise FormatError(
-            f"{path}: {what} {verb} no place in a {path.suffix.lower()} (read back: {assumed}); "
+            f"{path}: a {path.suffix.lower()} cannot hold {what} (read back: {assumed}); "
             "write .safetensors"
         )
     try:
@@ -113,8 +112,8 @@ def _write_and_read(
     except (SqueezeNetError, TypeError, ValueError) as e:
         arch = meta.get("arch") or type(model).__name__
         raise FormatError(
-            f"{path}: {arch} has no place in a {path.suffix.lower()}: read back, "
-            f"{_here(e, tmp, path)}; write .safetensors"
+            f"{path}: a {path.suffix.lower()} cannot hold {arch} (read back: "
+            f"{_here(e, tmp, path)}); write .safetensors"
         ) from None
     return _ReadBack(contents, back_meta, built, WeightsInfo.from_meta(back_meta))
 
