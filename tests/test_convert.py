@@ -309,3 +309,22 @@ def test_fold_is_exact_on_the_photos(sources):
     error = (_logits(folded, CAFFE_COLOUR) - expected).abs().max() / expected.abs().max()
     assert error <= TOLERANCE
     assert folded.weights_info.preprocess == CAFFE_COLOUR
+
+
+def test_a_writer_that_changes_a_weight_is_caught(tmp_path, monkeypatch):
+    """The read-back check compares every array: a writer that alters one writes nothing."""
+    from squeezenet.weights.formats import torchvision
+
+    write = torchvision.write
+
+    def altering(path, state):
+        write(path, {**state, "features.0.bias": state["features.0.bias"] + 1e-3})
+
+    monkeypatch.setattr(torchvision, "write", altering)
+    with pytest.raises(FormatError) as e:
+        squeezenet.save_model(_random("squeezenet1_1"), tmp_path / "m.pth")
+    assert str(e.value) == (
+        f"{tmp_path / 'm.pth'}: features.0.bias does not read back unchanged from a .pth; "
+        "write .safetensors"
+    )
+    assert list(tmp_path.iterdir()) == []
