@@ -6,6 +6,7 @@ Each ``formats/<name>.py`` has::
     def sniff(head: bytes) -> bool                   # its magic in the first HEAD_BYTES bytes
     def load(path: Path, hints: Hints) -> Contents   # read the file
     def save(path: Path, contents: Contents) -> None # only where the format can be written
+    WRITTEN_BY: str                                  # optional, where it is not: the command
 
 ``Contents`` holds either a state dict (``state``, loaded into the model strictly by key) or a
 list of layers in data-flow order (``layers``, assigned to the model by position and shape)::
