@@ -29,7 +29,7 @@ DC = "weights/deep-compression/compressed_SqueezeNet.net"
 PROTOTXT = "weights/deep-compression/SqueezeNet_deploy.prototxt"
 NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
 CHAINER = "weights/chainer-seed-format/weights.npz"
-PHOTOS = ("chelsea.png", "coffee.png", "000017.jpg")
+PHOTOS = ("chelsea.png", "coffee.png")
 TARGETS = (".safetensors", ".pth", ".caffemodel", ".npz")
 TOLERANCE = 1e-5  # of the largest logit
 
