@@ -1,11 +1,12 @@
 """Every conversion keeps its predictions or refuses in one line.
 
 The matrix: every readable source (the shared Deep Compression, ncnn and Chainer files, a
-fine-tuned 10-class model with class names, every registered architecture with random weights,
-and two models whose preprocessing differs from a preset in its normalisation alone) converted
-by ``squeezenet convert`` to every writable suffix, then loaded back with ``load_model``. The
-written file's own ``weights_info`` preprocessing must give, on real photos, the logits the
-source gives with its own (within 1e-5 of the largest), or the conversion is refused in the one
+.sqz and an exported .onnx of them, a fine-tuned 10-class model with class names, every
+registered architecture with random weights, and two models whose preprocessing differs from
+a preset in its normalisation alone) converted by ``squeezenet convert`` to every writable
+suffix, then loaded back with ``load_model``. The written file's own ``weights_info``
+preprocessing must give, on real photos, the logits the source gives with its own (within 1e-5
+of the largest), or the conversion is refused in the one
 line that the table below names.
 """
 
@@ -22,7 +23,9 @@ import squeezenet
 from squeezenet.cli import main
 from squeezenet.data.transforms import Preprocess, get_preset, load_image
 from squeezenet.errors import FormatError
+from squeezenet.inference.export import export
 from squeezenet.models import list_models
+from squeezenet.weights.formats import sqz
 from tests.conftest import shared_path
 
 DC = "weights/deep-compression/compressed_SqueezeNet.net"
@@ -42,7 +45,7 @@ TV_COLOUR = dataclasses.replace(
     get_preset("torchvision"), name="tv-colour", resize=256, crop=227, square_resize=True
 )
 
-SOURCES = ["dc", "ncnn", "chainer", "tuned10", "fold-tv", "fold-caffe"] + [
+SOURCES = ["dc", "ncnn", "chainer", "sqz", "onnx", "tuned10", "fold-tv", "fold-caffe"] + [
     f"random-{arch}" for arch in list_models()
 ]
 
@@ -58,8 +61,10 @@ def _npz(arch: str) -> str:
 def _expected() -> dict[tuple[str, str], str]:
     """(source, suffix) -> the refusal after '{out}: '; cells not listed keep the logits."""
     refused: dict[tuple[str, str], str] = {}
+    dc_pth = f"conv10's padding of 1 and {CAFFE} (read back: conv10's padding of 0, {TV})"
     pth = {  # what a .pth cannot say: its reader assumes torchvision's preset and plain layout
-        "dc": f"conv10's padding of 1 and {CAFFE} (read back: conv10's padding of 0, {TV})",
+        "dc": dc_pth,
+        "onnx": dc_pth,
         "chainer": f"squeezenet1_0_chainer and {CAFFE} (read back: squeezenet1_0_bn, {TV})",
         "tuned10": "the 10 class names (read back: no names)",
         "fold-caffe": "conv10's padding of 1 and preprocessing 'tv-colour' (RGB, crop 227) "
@@ -69,6 +74,7 @@ def _expected() -> dict[tuple[str, str], str]:
     }
     caffemodel = {  # Caffe's preset, conv10 padded by 1 for a 7x7 conv1, a plain SqueezeNet
         "ncnn": f"{TV} (read back: {CAFFE})",
+        "sqz": f"{TV} (read back: {CAFFE})",
         "chainer": "squeezenet1_0_chainer (read back: squeezenet1_0)",
         "tuned10": f"{TV} and the 10 class names (read back: {CAFFE}, no names)",
         "fold-tv": f"preprocessing 'caffe-colour' (BGR, crop 224) (read back: {CAFFE})",
@@ -90,6 +96,7 @@ def _expected() -> dict[tuple[str, str], str]:
     for source, what in caffemodel.items():
         refused[source, ".caffemodel"] = f"a .caffemodel cannot hold {what}; write .safetensors"
     arch_of = {"dc": "squeezenet1_0", "ncnn": "squeezenet1_1", "tuned10": "squeezenet1_1",
+               "sqz": "squeezenet1_1", "onnx": "squeezenet1_0",
                "fold-tv": "squeezenet1_1", "fold-caffe": "squeezenet1_0"}  # fmt: skip
     arch_of.update({f"random-{a}": a for a in list_models() if a != "squeezenet1_0_chainer"})
     for source, arch in arch_of.items():
@@ -142,6 +149,15 @@ def _source_file(name: str, folder: Path) -> tuple[Path, list[str]]:
         return shared_path(NCNN if name == "ncnn" else CHAINER), []
     if name == "tuned10":
         return _tuned10(folder), []
+    if name == "sqz":  # the ncnn weights in the compressed container, stored as float16
+        model = squeezenet.load_model(shared_path(NCNN))
+        state = {k: v.numpy() for k, v in model.state_dict().items()}
+        sqz.write(folder / "v11.sqz", state, model.weights_info.to_meta())
+        return folder / "v11.sqz", []
+    if name == "onnx":  # the Deep Compression weights exported, with their metadata
+        model = squeezenet.load_model(shared_path(DC))
+        export(model, folder / "v10.onnx", "onnx")
+        return folder / "v10.onnx", []
     if name == "fold-tv":
         model, preprocess = _random("squeezenet1_1", seed=2), CAFFE_COLOUR
     elif name == "fold-caffe":
