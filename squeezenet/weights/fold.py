@@ -28,6 +28,11 @@ def same_input(a: Preprocess, b: Preprocess) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in GEOMETRY + NORMALISATION)
 
 
+def same_pixels(a: Preprocess, b: Preprocess) -> bool:
+    """Whether two presets take the same pixels from an image (same resize and crop)."""
+    return all(getattr(a, f) == getattr(b, f) for f in GEOMETRY)
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     """The convolution that sees the image first, if the model starts with one (``features[0]``)."""
     features = getattr(model, "features", None)
@@ -37,7 +42,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d | None:
 
 def why_not_foldable(model: nn.Module, source: Preprocess, target: Preprocess) -> str | None:
     """None when ``source``'s input can be made ``target``'s by folding; else the reason."""
-    if any(getattr(source, f) != getattr(target, f) for f in GEOMETRY):
+    if not same_pixels(source, target):
         return "resize and crop differ"
     conv = first_conv(model)
     if conv is None or conv.in_channels != 3 or conv.groups != 1:

@@ -27,7 +27,7 @@ from ..errors import FormatError, SqueezeNetError
 from ..io import atomic_output
 from . import formats
 from .build import assign, build, describe
-from .fold import fold_input, same_input, why_not_foldable
+from .fold import fold_input, same_input, same_pixels, why_not_foldable
 from .formats import Contents, Hints
 from .info import WeightsInfo
 from .layers import model_layers
@@ -132,8 +132,8 @@ def _lost(model: nn.Module, source: WeightsInfo | None, back: _ReadBack) -> list
         return lost
     if not same_input(source.preprocess, back.info.preprocess):
         item = _preprocessing(source.preprocess)
-        reason = why_not_foldable(model, source.preprocess, back.info.preprocess)
-        if reason and not reason.startswith("resize"):
+        if same_pixels(source.preprocess, back.info.preprocess):  # say why it was not folded
+            reason = why_not_foldable(model, source.preprocess, back.info.preprocess)
             item += f" (not foldable: {reason})"
         lost.append((item, _preprocessing(back.info.preprocess)))
     if source.classes is not None and (
