@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import squeezenet
+from squeezenet.data.transforms import get_preset
 from squeezenet.errors import FormatError
 from squeezenet.weights import formats, load
 from squeezenet.weights.formats import sqz
@@ -46,9 +47,16 @@ def written(tmp_path_factory):
     folder = tmp_path_factory.mktemp("written")
     torch.manual_seed(0)
     model = squeezenet.create_model("squeezenet1_0")
-    for suffix in (".safetensors", ".pth", ".caffemodel"):
+    for suffix in (".safetensors", ".pth"):
         squeezenet.save_model(model, folder / f"m{suffix}")
-    squeezenet.save_model(squeezenet.create_model("squeezenet1_0_chainer"), folder / "m.npz")
+    # the formats without metadata hold what their reader assumes: Caffe's preset (and pad)
+    for arch, suffix, kwargs in [
+        ("squeezenet1_0", ".caffemodel", {"classifier_padding": 1}),
+        ("squeezenet1_0_chainer", ".npz", {}),
+    ]:
+        caffe_model = squeezenet.create_model(arch, **kwargs)
+        caffe_model.weights_info.preprocess = get_preset("caffe")
+        squeezenet.save_model(caffe_model, folder / f"m{suffix}")
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     sqz.write(folder / "m.sqz", state, model.weights_info.to_meta())
     torch.save(model.state_dict(), folder / "legacy.pth", _use_new_zipfile_serialization=False)
@@ -83,12 +91,24 @@ def test_detect_real_files(shared):
     assert formats.detect(net) == "deep_compression"
 
 
-def test_writer_by_suffix_with_safetensors_for_the_rest(tmp_path):
+def test_writer_by_suffix_and_no_other(tmp_path):
     assert formats.writer(tmp_path / "a.PTH") is formats.get("torchvision")
     assert formats.writer(tmp_path / "a.npz") is formats.get("chainer")
     assert formats.writer(tmp_path / "a.caffemodel") is formats.get("caffe")
-    for name in ("a.safetensors", "a.weights", "a"):
-        assert formats.writer(tmp_path / name) is formats.get("safetensors")
+    assert formats.writer(tmp_path / "a.safetensors") is formats.get("safetensors")
+    writable = ".safetensors, .caffemodel, .pth, .pt, .npz"
+    assert formats.writable_suffixes() == writable.split(", ")
+    refused = {
+        "a.weights": f"unknown suffix '.weights'; weights are written as {writable}$",
+        "a": f"no suffix; weights are written as {writable}$",
+        "a.sqz": "a .sqz \\(sqz\\) is read, not written, as weights: 'squeezenet compress' writes",
+        "a.onnx": "a .onnx \\(onnx\\) is read, not written, as weights: 'squeezenet export' writes",
+        "a.net": "a .net \\(deep_compression\\) is read, not written, as weights: nothing here",
+        "a.param": "a .param \\(ncnn\\) is read, not written, as weights: nothing here",
+    }
+    for name, message in refused.items():
+        with pytest.raises(FormatError, match=message):
+            formats.writer(tmp_path / name)
 
 
 def test_unknown_format_name():

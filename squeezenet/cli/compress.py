@@ -146,6 +146,11 @@ def run_compress(args: argparse.Namespace) -> None:
         raise SqueezeNetError(
             "--images, --batch-size, --prune-steps and --calibration must be at least 1"
         )
+    if Path(args.output).suffix.lower() != ".sqz":
+        raise SqueezeNetError(
+            f"{args.output}: compress writes .sqz files; name the output OUT.sqz "
+            "('squeezenet convert' writes the other weights formats)"
+        )
     searching = args.target_bytes is not None or args.max_drop is not None
     bits = tuple(args.bits) if args.bits else (Options.search_bits if searching else Options.bits)
     options = Options(

@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import argparse
 import urllib.request
+from pathlib import Path
 
 from ..data.datasets import squeezenet_home
 from ..errors import SqueezeNetError
+from ..inference.export import TARGETS, target
 from ..io import atomic_output
 from ..weights.detect import sha256_file
 from ..weights.entries import ENTRIES, list_weights
+from ..weights.formats import writable_suffixes, writer
 from ..weights.load import save_model
 from .common import add_weights_args, model_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "convert", help="any supported weights -> .safetensors (or .pth, .caffemodel, .npz)"
+        "convert",
+        help="any supported weights -> .safetensors (or .pth, .caffemodel, .npz)",
+        description="Write weights in another format, only where the file keeps the "
+        "predictions: a format without metadata is read back with its reader's assumptions "
+        "(preset, conv10's padding, class names); an input normalisation that differs is "
+        "folded into conv1 where that is exact, anything else is refused.",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument(
         "-o", "--output", required=True, metavar="OUT",
-        help="output file; its suffix picks the format: .safetensors (default, keeps metadata), "
-        ".pth (torchvision), .caffemodel (Caffe), .npz (old Chainer layout)",
+        help="output file; its suffix picks the format: .safetensors (keeps all metadata), "
+        ".pth/.pt (torchvision preset), .caffemodel (Caffe preset), .npz (old Chainer net)",
     )  # fmt: skip
     add_weights_args(p, required=False)
     p.set_defaults(run=run_convert)
@@ -32,11 +40,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
+    _check_output(Path(args.output))  # before reading the source
     args.weights = args.src
     model = model_from_args(args)
-    save_model(model, args.output)
+    notes = save_model(model, args.output)
     info = model.weights_info
-    print(f"{args.output}: {info.arch}, {info.num_classes} classes, from {info.file_format}")
+    print(
+        f"{args.output}: {info.arch}, {info.num_classes} classes, from {info.file_format}"
+        + "".join(f"; {note}" for note in notes)
+    )
+
+
+def _check_output(path: Path) -> None:
+    """A deploy target's suffix points to ``export``; the weights formats decide the rest."""
+    suffix = path.suffix.lower()
+    if suffix and suffix not in writable_suffixes():
+        for name in TARGETS:
+            if suffix in target(name).SUFFIXES:
+                raise SqueezeNetError(
+                    f"{path}: {suffix} is a deploy format ({name}), not weights: 'squeezenet "
+                    f"export' writes it; convert writes {', '.join(writable_suffixes())}"
+                )
+    writer(path)
 
 
 def run_download(args: argparse.Namespace) -> None:

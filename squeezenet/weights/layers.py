@@ -23,7 +23,11 @@ def arch_of_state(state: dict[str, np.ndarray]) -> tuple[str, dict, int]:
     if any(k.endswith(".bn.weight") for k in state):
         arch += "_bn"
     if any(k.endswith(".bypass.weight") for k in state):
-        kwargs["bypass"] = "complex"  # a simple (identity) bypass leaves no trace in the keys
+        # a simple (identity) bypass leaves no trace in the keys; a complex one is named
+        if arch == "squeezenet1_0":
+            arch = "squeezenet1_0_complex_bypass"
+        else:
+            kwargs["bypass"] = "complex"
     head = state["fc.weight"] if kwargs["dense_head"] else state["classifier.1.weight"]
     return arch, kwargs, int(head.shape[0])
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..data.transforms import get_preset
 from ..errors import FormatError, SqueezeNetError
 from ..models.registry import build_model
 from . import formats
+from .build import assign, build, describe
 from .detect import resolve, sha256_file
 from .entries import WeightsEntry, entry_for_sha256
-from .formats import Contents, Hints
+from .formats import Hints
 from .info import WeightsInfo
-from .layers import arch_of_layers, arch_of_state, assign_layers, model_layers
+from .save import save_model
+
+__all__ = ["create_model", "load_model", "save_model"]
 
 
 def load_model(
@@ -64,23 +66,15 @@ def _load_model(
     # 3. Read.
     contents = reader.load(path, Hints(prototxt=Path(prototxt) if prototxt else None))
     # 4. The model, as the file describes it; a registered entry and the caller have the last word.
-    meta = _describe(contents)
+    meta = describe(contents)
     if entry is not None:
         meta["arch"], meta["preprocess"] = entry.arch, entry.preprocess
         meta["model_kwargs"] = {**meta["model_kwargs"], **entry.model_kwargs}
     if preprocess:
         meta["preprocess"] = preprocess
-    model = build_model(meta["arch"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    model = build(meta)
     # 5. The weights.
-    if contents.state is not None:
-        state = {k: torch.from_numpy(v) for k, v in contents.state.items()}
-    else:
-        state = assign_layers(model, contents.layers, str(path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0:2]
-        raise FormatError(f"{path}: weights do not fit {meta['arch']}: {' '.join(first)}") from None
+    assign(model, contents, meta["arch"], str(path))
     model.eval()
     model.weights_info = WeightsInfo.from_meta(
         meta,
@@ -90,20 +84,6 @@ def _load_model(
         entry=entry.name if entry else meta.get("entry"),
     )
     return model
-
-
-def _describe(contents: Contents) -> dict:
-    """The file's metadata with arch, model_kwargs and num_classes filled in from the arrays."""
-    meta = dict(contents.meta)
-    if contents.state is not None:
-        if not meta.get("arch"):
-            arch, kwargs, num_classes = arch_of_state(contents.state)
-            meta.update(arch=arch, model_kwargs=kwargs, num_classes=num_classes)
-    else:
-        meta.setdefault("arch", arch_of_layers(contents.layers)[0])
-        meta["num_classes"] = int(contents.layers[-1][1]["weight"].shape[0])
-    meta["model_kwargs"] = dict(meta.get("model_kwargs") or {})
-    return meta
 
 
 def create_model(
@@ -132,16 +112,3 @@ def create_model(
         model.reset_classifier(num_classes)
         info.num_classes, info.classes, info.class_ids = num_classes, None, None
     return model.eval()
-
-
-def save_model(model: nn.Module, path: str | Path, **overrides) -> None:
-    """Write ``model``; the suffix picks the format (default: safetensors + metadata).
-
-    ``.caffemodel`` and ``.npz`` (the old Chainer layout) take their layers by position;
-    ``.pth`` is a torchvision-style state dict. Only safetensors keeps the metadata.
-    """
-    path = Path(path)
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    meta = model.weights_info.to_meta() if hasattr(model, "weights_info") else {}
-    contents = Contents(state=state, layers=model_layers(model), meta={**meta, **overrides})
-    formats.writer(path).save(path, contents)

@@ -6,6 +6,7 @@ Each ``formats/<name>.py`` has::
     def sniff(head: bytes) -> bool                   # its magic in the first HEAD_BYTES bytes
     def load(path: Path, hints: Hints) -> Contents   # read the file
     def save(path: Path, contents: Contents) -> None # only where the format can be written
+    WRITTEN_BY: str                                  # optional, where it is not: the command
 
 ``Contents`` holds either a state dict (``state``, loaded into the model strictly by key) or a
 list of layers in data-flow order (``layers``, assigned to the model by position and shape)::
@@ -91,11 +92,29 @@ def detect(path: Path) -> str:
     )
 
 
+def writable_suffixes() -> list[str]:
+    """Every suffix ``writer`` accepts, the default format's first."""
+    names = [DEFAULT_WRITER] + [n for n in FORMATS if n != DEFAULT_WRITER]
+    return [s for n in names if hasattr(get(n), "save") for s in get(n).SUFFIXES]
+
+
 def writer(path: Path) -> ModuleType:
-    """The writable format whose suffix ``path`` has; safetensors for any other suffix."""
+    """The writable format whose suffix ``path`` has.
+
+    Any other suffix is refused: one only read here says which command writes it (a format's
+    ``WRITTEN_BY``), an unknown one lists the writable suffixes.
+    """
     suffix = path.suffix.lower()
     for name in FORMATS:
         module = get(name)
-        if hasattr(module, "save") and suffix in module.SUFFIXES:
-            return module
-    return get(DEFAULT_WRITER)
+        if suffix in module.SUFFIXES:
+            if hasattr(module, "save"):
+                return module
+            by = getattr(module, "WRITTEN_BY", None)
+            how = f"'{by}' writes it" if by else "nothing here writes it"
+            raise FormatError(
+                f"{path}: a {suffix} ({name}) is read, not written, as weights: {how}; "
+                f"write {', '.join(writable_suffixes())}"
+            )
+    what = f"unknown suffix {suffix!r}" if suffix else "no suffix"
+    raise FormatError(f"{path}: {what}; weights are written as {', '.join(writable_suffixes())}")

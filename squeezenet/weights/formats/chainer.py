@@ -35,6 +35,7 @@ BN = {"gamma": "weight", "beta": "bias", "avg_mean": "running_mean", "avg_var": 
 OPTIONAL = {"N": "num_batches_tracked"}
 MAX_ARRAY_BYTES = 1 << 28  # far above SqueezeNet's largest array (conv10/W, 2 MB)
 SUFFIXES = (".npz",)
+ARCH = "squeezenet1_0_chainer"  # the only network this layout holds
 
 
 def sniff(head: bytes) -> bool:
@@ -43,12 +44,17 @@ def sniff(head: bytes) -> bool:
 
 def load(path: Path, hints: Hints) -> Contents:
     """The Chainer net's layers: SqueezeNet v1.0 with BatchNorm after each fire, Caffe input."""
-    return Contents(
-        layers=read(path), meta={"arch": "squeezenet1_0_chainer", "preprocess": "caffe"}
-    )
+    return Contents(layers=read(path), meta={"arch": ARCH, "preprocess": "caffe"})
 
 
 def save(path: Path, contents: Contents) -> None:
+    """The layers, if the model is the Chainer net (any other arch is refused by name)."""
+    arch = contents.meta.get("arch")
+    if arch is not None and arch != ARCH:
+        raise FormatError(
+            f"{path}: {arch} does not fit the old Chainer layout of a .npz, only {ARCH} does; "
+            "write .safetensors"
+        )
     write(path, contents.layers)
 
 

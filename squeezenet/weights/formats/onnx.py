@@ -19,6 +19,7 @@ from ...errors import FormatError
 from . import Contents, Hints, Layers
 
 SUFFIXES = (".onnx",)
+WRITTEN_BY = "squeezenet export"  # a deploy target (squeezenet.inference.export), not weights
 
 PARAMS = {
     "Conv": ("weight", "bias"),

@@ -40,6 +40,7 @@ DTYPES = {**FLOAT_DTYPES, "int64": "<i8"}
 MAX_HEADER = 1 << 24  # bytes of header JSON once inflated
 _PREAMBLE = struct.Struct("<4sHI")
 SUFFIXES = (".sqz",)
+WRITTEN_BY = "squeezenet compress"  # codebooks come from compression; save_model has none
 shared_record_bytes = _codebook.shared_record_bytes  # public: compress sizes records with it
 
 
