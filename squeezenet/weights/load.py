@@ -17,7 +17,7 @@ from torch import nn
 from ..data.transforms import get_preset
 from ..errors import FormatError, SqueezeNetError
 from ..models.registry import build_model
-from . import formats
+from . import formats, hub
 from .build import assign, build, describe
 from .detect import resolve, sha256_file
 from .entries import WeightsEntry, entry_for_sha256
@@ -37,11 +37,18 @@ def load_model(
 ) -> nn.Module:
     """Build whatever architecture a weights file or name holds and load it (eval mode).
 
-    The returned module carries ``weights_info`` (arch, preprocessing, class names, origin).
+    ``spec`` may also be a Hub-shaped folder (``config.json`` + ``model.safetensors``) or
+    ``hf-hub:ORG/NAME[@REV]``. The returned module carries ``weights_info`` (arch,
+    preprocessing, class names, origin).
     """
+    config = None
+    if str(spec).startswith(hub.PREFIX) or Path(spec).is_dir():
+        folder = hub.fetch(str(spec)) if str(spec).startswith(hub.PREFIX) else Path(spec)
+        config = hub.read_config(folder)
+        spec = folder / hub.WEIGHTS
     path, entry = resolve(spec)
     try:
-        return _load_model(path, entry, file_format, prototxt, preprocess)
+        return _load_model(path, entry, file_format, prototxt, preprocess, config)
     except SqueezeNetError as e:
         if str(path) in str(e) or (prototxt and str(prototxt) in str(e)):
             raise
@@ -54,6 +61,7 @@ def _load_model(
     file_format: str | None,
     prototxt: str | Path | None,
     preprocess: str | None,
+    config: dict | None = None,
 ) -> nn.Module:
     # 1. The file: a registered entry is checked (or recognised) by its SHA-256.
     digest = sha256_file(path)
@@ -70,6 +78,7 @@ def _load_model(
     if entry is not None:
         meta["arch"], meta["preprocess"] = entry.arch, entry.preprocess
         meta["model_kwargs"] = {**meta["model_kwargs"], **entry.model_kwargs}
+    meta.update(config or {})  # a Hub folder's config.json says what its weights are
     if preprocess:
         meta["preprocess"] = preprocess
     model = build(meta)
