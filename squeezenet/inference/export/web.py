@@ -62,8 +62,12 @@ def model_json(info, quantization: str | None = None) -> dict:
 def model_bytes(
     model: nn.Module, int8: bool, calibration: str | Path | None
 ) -> tuple[bytes, str | None]:
-    """The ONNX graph (batch 1) as bytes, int8 when asked, and its quantization note."""
-    proto = onnx_model(model, dynamic_batch=False)
+    """The ONNX graph as bytes, int8 when asked, and its quantization note.
+
+    fp32 as ``export --format onnx`` writes it (batch 1); int8 as ``quantize`` does (any batch:
+    calibration runs batches of 10).
+    """
+    proto = onnx_model(model, dynamic_batch=int8)
     if not int8:
         return proto.SerializeToString(), None
     from ..quantize import calibration_images, quantize_onnx  # onnxruntime.quantization: slow
