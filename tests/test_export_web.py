@@ -202,13 +202,16 @@ def test_page_draws_the_top5_of_a_chosen_photo(browser, exported, tmp_path):
         temporary.replace(temporary.with_name("web.png"))
 
 
-def test_chromium_resolves_no_host_name(browser, exported):
-    """The resolver rule is in force: the same server by the name localhost is unreachable."""
+def test_chromium_reaches_no_address_but_127_0_0_1(browser, exported):
+    """The resolver rule is in force, for names and IP literals alike: the same server by the
+    name localhost or another loopback address is never looked up (without the rule:
+    the page, and a refused connection)."""
     _, folder = exported
     with static_server(folder, []) as base:
-        other = base.replace("127.0.0.1", "localhost")
-        browser.command("POST", "/url", {"url": f"{base}/index.html?image={other}/model.json"})
-        assert "Failed to fetch" in json.loads(browser.wait_for(RESULT, timeout=60))["error"]
+        for host in ("localhost", "127.0.0.2"):
+            url = base.replace("127.0.0.1", host)
+            with pytest.raises(RuntimeError, match="ERR_NAME_NOT_RESOLVED"):
+                browser.command("POST", "/url", {"url": f"{url}/{web.INFO}"})
 
 
 def js_pixels(tmp_path: Path, cases: list[dict]) -> None:
