@@ -60,7 +60,7 @@ def runtime_or_skip() -> None:
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """The export folder at /, the shared photos under /photos/; every request logged."""
+    """The export folder at /, a folder of photos under /photos/; every request logged."""
 
     def __init__(self, *args, folder: Path, photos: Path, log: list, **kwargs) -> None:
         self.folder, self.photos, self.log = folder, photos, log
@@ -77,8 +77,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def static_server(folder: Path, log: list) -> Iterator[str]:
-    handler = functools.partial(Handler, folder=folder, photos=shared_path(PHOTOS), log=log)
+def static_server(folder: Path, log: list, photos: Path | None = None) -> Iterator[str]:
+    photos = photos or shared_path(PHOTOS)
+    handler = functools.partial(Handler, folder=folder, photos=photos, log=log)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -97,6 +98,28 @@ def browser(tmp_path_factory):
     runtime_or_skip()
     with chromium(tmp_path_factory.mktemp("chromium-profile"), LOOPBACK_ONLY) as browser:
         yield browser
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """The shared photos, and the kinds of file whose decoding could differ: EXIF-rotated,
+    grayscale, palette, transparent and translucent, CMYK and progressive."""
+    folder = tmp_path_factory.mktemp("photos")
+    for photo in shared_path(PHOTOS).iterdir():
+        (folder / photo.name).symlink_to(photo)
+    cat = Image.open(shared_path(f"{PHOTOS}/cat.jpg"))
+    exif = cat.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to show
+    cat.save(folder / "x-rotated.jpg", exif=exif, quality=90)
+    cat.convert("L").save(folder / "x-gray.jpg", quality=90)
+    cat.convert("CMYK").save(folder / "x-cmyk.jpg", quality=90)
+    cat.save(folder / "x-progressive.jpg", progressive=True, quality=90)
+    chelsea = Image.open(shared_path(f"{PHOTOS}/chelsea.png"))
+    chelsea.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "x-palette.png")
+    rgba = np.array(chelsea.convert("RGBA"))
+    rgba[:80, :, 3], rgba[80:160, :, 3] = 0, 128
+    Image.fromarray(rgba).save(folder / "x-alpha.png")
+    return folder
 
 
 @pytest.fixture(scope="module", params=[*sorted(WEIGHTS), "v1_1-int8"])
@@ -146,7 +169,7 @@ def test_folder_holds_the_page_runtime_model_and_metadata(exported):
     assert "http" not in page  # no CDN: every URL the page names is relative
 
 
-def test_page_classifies_each_photo_as_python_does(browser, exported):
+def test_page_classifies_each_photo_as_python_does(browser, exported, photos):
     """Top-1 as ``predict``; logits within 1e-4 of ONNX Runtime on our preprocessing (int8:
     onnxruntime-web's WASM kernels gave the very same logits as ONNX Runtime's on x86).
 
@@ -154,13 +177,13 @@ def test_page_classifies_each_photo_as_python_does(browser, exported):
     no colour management: the page asks createImageBitmap for none), so the JPEGs count too.
     """
     model, folder = exported
-    photos = sorted(shared_path(PHOTOS).iterdir())
+    files = sorted(photos.iterdir())
     int8 = json.loads((folder / web.INFO).read_text())["int8"]
     python = OnnxModel(folder / web.MODEL) if int8 else model  # int8: the folder's graph
-    expected, _ = predict(python, photos, workers=0, progress=False)
+    expected, _ = predict(python, files, workers=0, progress=False)
     log: list = []
-    with static_server(folder, log) as base:
-        for photo, top in zip(photos, expected, strict=True):
+    with static_server(folder, log, photos) as base:
+        for photo, top in zip(files, expected, strict=True):
             page = classify_in_page(browser, base, f"/photos/{photo.name}")
             reference = onnxruntime_logits(folder / web.MODEL, model, photo)
             logits = np.asarray(page["logits"], np.float32)
