@@ -61,26 +61,29 @@
   function resamplePass(src, width, height, outSize, horizontal, bits) {
     const c = coefficients(horizontal ? width : height, outSize);
     bits = bits || int16Bits(c.largest);
-    const fixed = c.weights.map((w) => Math.trunc(0.5 + w * 2 ** bits));
-    const outW = horizontal ? outSize : width;
-    const outH = horizontal ? height : outSize;
+    const fixed = Float64Array.from(c.weights, (w) => Math.trunc(0.5 + w * 2 ** bits));
+    const [outW, outH] = horizontal ? [outSize, height] : [width, outSize];
+    const tap = horizontal ? 3 : width * 3; // bytes from one input of an output to the next
     const out = new Uint8Array(outW * outH * 3);
     const half = 2 ** (bits - 1);
     const unit = 2 ** bits;
+    const clip = (sum) => Math.min(255, Math.max(0, Math.floor(sum / unit)));
+    let o = 0;
     for (let y = 0; y < outH; y++) {
       for (let x = 0; x < outW; x++) {
         const i = horizontal ? x : y;
         const k = i * c.ksize;
-        for (let ch = 0; ch < 3; ch++) {
-          let sum = half;
-          for (let j = 0; j < c.count[i]; j++) {
-            const at = horizontal
-              ? (y * width + c.first[i] + j) * 3
-              : ((c.first[i] + j) * width + x) * 3;
-            sum += src[at + ch] * fixed[k + j];
-          }
-          out[(y * outW + x) * 3 + ch] = Math.min(255, Math.max(0, Math.floor(sum / unit)));
+        let at = horizontal ? (y * width + c.first[i]) * 3 : (c.first[i] * width + x) * 3;
+        let [r, g, b] = [half, half, half];
+        for (let j = 0; j < c.count[i]; j++, at += tap) {
+          const w = fixed[k + j];
+          r += src[at] * w;
+          g += src[at + 1] * w;
+          b += src[at + 2] * w;
         }
+        out[o++] = clip(r);
+        out[o++] = clip(g);
+        out[o++] = clip(b);
       }
     }
     return out;
