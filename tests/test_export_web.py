@@ -225,6 +225,17 @@ def test_page_draws_the_top5_of_a_chosen_photo(browser, exported, tmp_path):
         temporary.replace(temporary.with_name("web.png"))
 
 
+def test_page_says_why_a_file_is_not_classified(browser, exported, tmp_path):
+    _, folder = exported
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    with static_server(folder, [], tmp_path) as base:
+        for image, message in [("notes.jpg", "could not be decoded"), ("gone.jpg", "HTTP 404")]:
+            browser.command("POST", "/url", {"url": f"{base}/index.html?image=/photos/{image}"})
+            assert message in json.loads(browser.wait_for(RESULT, timeout=60))["error"]
+            assert browser.script("return document.getElementById('error').hidden") is False
+            assert browser.script("return document.querySelectorAll('#results li').length") == 0
+
+
 def test_chromium_reaches_no_address_but_127_0_0_1(browser, exported):
     """The resolver rule is in force, for names and IP literals alike: the same server by the
     name localhost or another loopback address is never looked up (without the rule:
