@@ -323,6 +323,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing half-written
+
+
+def test_export_replaces_an_earlier_export_whole(tmp_path):
+    runtime_or_skip()
+    model = squeezenet.create_model("squeezenet1_1")
+    export(model, tmp_path / "page", "web")
+    (tmp_path / "page" / "stale.js").write_text("from an earlier version")
+    export(model, tmp_path / "page", "web")
+    assert not (tmp_path / "page" / "stale.js").exists() and (tmp_path / "page" / web.INFO).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page"]
 
 
 @pytest.mark.slow
