@@ -301,12 +301,19 @@ def test_javascript_preprocessing_is_bit_for_bit_the_pythons(tmp_path):
         assert np.array_equal(np.fromfile(case["file"] + ".x", np.float32), x.ravel()), case
 
 
-def test_without_node_modules_export_says_to_run_npm_ci(tmp_path, monkeypatch):
+def test_without_the_pinned_onnxruntime_web_export_says_to_run_npm_ci(tmp_path, monkeypatch):
     monkeypatch.setattr(web, "NODE_MODULES", tmp_path / "node_modules")
     model = squeezenet.create_model("squeezenet1_1")
     with pytest.raises(SqueezeNetError, match=r"not installed .*run 'make install' or 'npm ci'"):
         export(model, tmp_path / "page", "web")
     assert not (tmp_path / "page").exists()
+    dist = tmp_path / "node_modules" / "onnxruntime-web" / "dist"
+    dist.mkdir(parents=True)
+    for name in web.RUNTIME:
+        (dist / name).write_text("")
+    (dist.parent / "package.json").write_text('{"version": "1.29.0"}')  # a stale npm install
+    with pytest.raises(SqueezeNetError, match=r"onnxruntime-web 1.29.0 is installed, the page is"):
+        export(model, tmp_path / "page", "web")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...errors import SqueezeNetError
 from ...weights.formats.onnx import metadata
+from ...weights.info import WeightsInfo
 from .onnx import INPUT, OUTPUT, onnx_model
 
 SUFFIXES: tuple[str, ...] = ()  # it writes a folder, not a file
@@ -43,10 +44,16 @@ def runtime_files(node_modules: Path | None = None) -> dict[str, Path]:
             f"{dist}: onnxruntime-web {ORT_VERSION} is not installed ({missing[0]} missing); "
             "run 'make install' or 'npm ci' in the repository"
         )
+    installed = json.loads((dist.parent / "package.json").read_text(encoding="utf-8"))["version"]
+    if installed != ORT_VERSION:
+        raise SqueezeNetError(
+            f"{dist.parent}: onnxruntime-web {installed} is installed, the page is made for "
+            f"{ORT_VERSION}; run 'make install' or 'npm ci' in the repository"
+        )
     return files
 
 
-def model_json(info, quantization: str | None = None) -> dict:
+def model_json(info: WeightsInfo, quantization: str | None = None) -> dict:
     """What the page reads: the weights' metadata (classes, preprocessing) and the graph's names."""
     return {
         **info.to_meta(),
