@@ -92,7 +92,8 @@
   // Bilinear (triangle filter) resize of RGB pixels to w x h, in two passes whose order changes
   // the rounding. bits: PILLOW_BITS for Pillow's Image.resize, 0 for PyTorch's int16 weights.
   // PyTorch goes horizontal first; Pillow 13 goes vertical first when that removes more than
-  // twice as many rows as the horizontal pass removes columns (found in its Resample.c).
+  // twice as many rows as the horizontal pass removes columns (Pillow pull request 9549; the
+  // same bytes as Pillow 13.0 on 398 random sizes). Pillow before 13 always went horizontal first.
   function resize(rgb, width, height, w, h, bits) {
     const rows = height - h;
     const verticalFirst = bits === PILLOW_BITS && rows > 0 && rows > 2 * (width - w);
@@ -117,8 +118,8 @@
 
   // The central crop x crop square of RGB pixels, padded with black when smaller.
   function centerCrop(rgb, width, height, crop) {
-    let padW = Math.max(width, crop);
-    let padH = Math.max(height, crop);
+    const padW = Math.max(width, crop);
+    const padH = Math.max(height, crop);
     let src = rgb;
     if (padW !== width || padH !== height) {
       src = new Uint8Array(padW * padH * 3);
@@ -127,8 +128,6 @@
       for (let y = 0; y < height; y++) {
         src.set(rgb.subarray(y * width * 3, (y + 1) * width * 3), ((top + y) * padW + left) * 3);
       }
-    } else {
-      [padW, padH] = [width, height];
     }
     const top = roundHalfEven((padH - crop) / 2);
     const left = roundHalfEven((padW - crop) / 2);
