@@ -15,8 +15,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test,ray,openvino,executorch,ncnn,hub]'
 	touch $@
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+# export --format web and serve's in-browser mode copy onnxruntime-web (package.json) from here;
+# Debian's nodejs and npm are installed when npm is missing; no package needs its install script
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	   nodejs npm >/dev/null)
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
+install-test: $(VENV)/.installed-test node_modules/.installed
 	@# the browser test drives Debian's chromium through chromedriver (installed when missing)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -35,4 +44,4 @@ lint: install-test
 	$(VENV)/bin/ruff format --check squeezenet tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,10 +41,10 @@ READ_RESULTS = """return [...document.querySelectorAll('#results li')].map(li =>
 class Browser:
     """The few WebDriver commands the test needs, on one session."""
 
-    def __init__(self, driver_url: str, profile: Path) -> None:
+    def __init__(self, driver_url: str, profile: Path, flags: tuple[str, ...] = ()) -> None:
         self.http = httpx.Client(base_url=driver_url, timeout=60)
         options = {"binary": shutil.which("chromium"), "args": [
-            *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]}  # fmt: skip
+            *CHROMIUM_FLAGS, *flags, f"--user-data-dir={profile}"]}  # fmt: skip
         caps = {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}
         self.session = self.call("POST", "/session", {"capabilities": caps})["sessionId"]
 
@@ -77,10 +78,9 @@ class Browser:
         self.http.close()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory) -> Iterator[Browser]:
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.fail("chromium and chromedriver are missing: run 'make install-test'")
+@contextmanager
+def chromium(profile: Path, flags: tuple[str, ...] = ()) -> Iterator[Browser]:
+    """A Browser on a chromedriver of its own, started on a free loopback port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -95,12 +95,20 @@ def browser(tmp_path_factory) -> Iterator[Browser]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        browser = Browser(url, tmp_path_factory.mktemp("chromium-profile"))
+        browser = Browser(url, profile, flags)
         yield browser
         browser.close()
     finally:
         driver.terminate()
         driver.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[Browser]:
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("chromium and chromedriver are missing: run 'make install-test'")
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")

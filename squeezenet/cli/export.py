@@ -14,12 +14,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=TARGETS, default="onnx", help="deploy target")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not 1")
+    p.add_argument("--int8", action="store_true", help="web: an int8 model (needs --calibration)")
+    p.add_argument("--calibration", metavar="DIR", help="web --int8: training images to calibrate")
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
     model = load_model(args.weights)
     options = {"dynamic_batch": args.dynamic_batch} if args.format == "onnx" else {}
+    if args.format == "web":
+        options = {"int8": args.int8, "calibration": args.calibration}
     export(model, args.output, args.format, **options)
     info = model.weights_info
     size = info.preprocess.crop

@@ -2,9 +2,10 @@
 
 The pieces: ``routes`` (classify, models, health, metrics, the page), ``errors`` (every
 rejection is a JSON ``{"detail": message}``), ``openapi`` (FastAPI's generated description
-plus what classify reads by hand), ``uploads`` (the image out of a request), ``batcher`` and
-``metrics``. Images are decoded in a thread pool (Pillow releases the GIL) and classified
-together by the ``MicroBatcher``; FastAPI serves ``/openapi.json`` and ``/docs``.
+plus what classify reads by hand), ``uploads`` (the image out of a request), ``batcher``,
+``metrics`` and ``web`` (the files of the page's in-browser mode, under ``/web/``). Images are
+decoded in a thread pool (Pillow releases the GIL) and classified together by the
+``MicroBatcher``; FastAPI serves ``/openapi.json`` and ``/docs``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .errors import add_error_handlers
 from .metrics import Metrics, RequestMetrics
 from .openapi import describe
 from .routes import STATIC, Classification, Limits, Service, add_routes
+from .web import WebModel, web_file
 
 __all__ = ["Classification", "Limits", "create_app"]
 
@@ -76,6 +78,8 @@ def create_app(
     app.state.service = Service(info, batcher, metrics, limits, serving, topk)
     add_error_handlers(app)
     add_routes(app)
+    app.state.web_model = WebModel(model)  # the page's in-browser mode, under /web/
+    app.add_api_route("/web/{name}", web_file, include_in_schema=False)
     describe(app, topk)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     routes = {route.path for route in app.routes}

@@ -1,7 +1,10 @@
-// The page: send the chosen or dropped photo to POST /v1/classify and draw the top-5 as bars.
+// The page: send the chosen or dropped photo to POST /v1/classify and draw the top-5 as bars;
+// or, with "run in this browser" ticked, classify it in the page with onnxruntime-web, from the
+// files the server gives under /web/ (the same as `squeezenet export --format web` writes).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+let inBrowser = null; // the promise of the page's own classifier, once the box is ticked
 
 async function showModel() {
   try {
@@ -14,32 +17,73 @@ async function showModel() {
   }
 }
 
-function showResults(result, roundTripMs) {
+function showBars(top) {
   const list = $("results");
   list.replaceChildren();
-  for (const top of result.top) {
+  for (const entry of top) {
     const item = document.createElement("li");
     const label = document.createElement("div");
     label.className = "label";
     const name = document.createElement("span");
-    name.textContent = top.label;
+    name.textContent = entry.label;
     const percent = document.createElement("span");
-    percent.textContent = `${(100 * top.prob).toFixed(1)}%`;
+    percent.textContent = `${(100 * entry.prob).toFixed(1)}%`;
     label.append(name, percent);
     const track = document.createElement("div");
     track.className = "track";
     const bar = document.createElement("div");
     bar.className = "bar";
-    bar.style.width = `${(100 * top.prob).toFixed(2)}%`;
+    bar.style.width = `${(100 * entry.prob).toFixed(2)}%`;
     track.append(bar);
     item.append(label, track);
     list.append(item);
   }
+}
+
+function showResults(result, roundTripMs) {
+  showBars(result.top);
   const t = result.timing;
   $("timing").textContent =
     `server ${t.total_ms.toFixed(1)} ms (decode ${t.decode_ms.toFixed(1)}, ` +
     `queue ${t.queue_ms.toFixed(1)}, network ${t.inference_ms.toFixed(1)} ms ` +
     `in a batch of ${result.batch_size}) · round trip ${roundTripMs.toFixed(0)} ms`;
+}
+
+// A script from /web/, after checking that the server has it (its 404 says what is missing).
+async function loadScript(src) {
+  const response = await fetch(src);
+  if (!response.ok) throw new Error((await response.json()).detail || `${src}: HTTP ${response.status}`);
+  await new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = src;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`${src} could not be loaded`));
+    document.head.append(script);
+  });
+}
+
+async function browserClassifier() {
+  await loadScript("/web/ort.wasm.min.js");
+  await loadScript("/web/squeezenet.js");
+  return SqueezeNet.load(new URL("/web/", location.href).href);
+}
+
+async function classifyHere(file) {
+  const result = await (await inBrowser).classify(file);
+  showBars(result.top);
+  $("timing").textContent =
+    `in this browser: ${result.ms.toFixed(0)} ms (decode, preprocess and network), ` +
+    `nothing uploaded`;
+}
+
+async function classifyOnServer(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const start = performance.now();
+  const response = await fetch("/v1/classify?topk=5", { method: "POST", body: form });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
+  showResults(body, performance.now() - start);
 }
 
 async function classify(file) {
@@ -51,14 +95,8 @@ async function classify(file) {
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("hint").hidden = true;
-  const form = new FormData();
-  form.append("file", file, file.name);
-  const start = performance.now();
   try {
-    const response = await fetch("/v1/classify?topk=5", { method: "POST", body: form });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
-    showResults(body, performance.now() - start);
+    await ($("in-browser").checked ? classifyHere(file) : classifyOnServer(file));
   } catch (err) {
     $("timing").textContent = "";
     $("error").textContent = err.message;
@@ -66,6 +104,12 @@ async function classify(file) {
   }
 }
 
+$("in-browser").addEventListener("change", (event) => {
+  if (event.target.checked && !inBrowser) {
+    inBrowser = browserClassifier();
+    inBrowser.catch(() => (inBrowser = null)); // a failed load is tried again next time
+  }
+});
 $("file").addEventListener("change", (event) => {
   if (event.target.files.length) classify(event.target.files[0]);
 });

@@ -1,0 +1,100 @@
+// The exported page: classify the chosen or dropped photo in this page and draw the top-5.
+// index.html?image=URL classifies that image on load and writes the result as JSON (top-5
+// and logits) into #result, for tests and scripts.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const folder = new URL("./", document.baseURI).href;
+
+function showResults(top) {
+  const list = $("results");
+  list.replaceChildren();
+  for (const entry of top) {
+    const item = document.createElement("li");
+    const label = document.createElement("div");
+    label.className = "label";
+    const name = document.createElement("span");
+    name.textContent = entry.label;
+    const percent = document.createElement("span");
+    percent.textContent = `${(100 * entry.prob).toFixed(1)}%`;
+    label.append(name, percent);
+    const track = document.createElement("div");
+    track.className = "track";
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${(100 * entry.prob).toFixed(2)}%`;
+    track.append(bar);
+    item.append(label, track);
+    list.append(item);
+  }
+}
+
+function showError(err) {
+  $("timing").textContent = "";
+  $("error").textContent = err.message || String(err);
+  $("error").hidden = false;
+  $("result").textContent = JSON.stringify({ error: $("error").textContent });
+}
+
+async function classify(classifier, blob) {
+  $("error").hidden = true;
+  $("results").replaceChildren();
+  $("timing").textContent = "classifying…";
+  const preview = $("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(blob);
+  preview.hidden = false;
+  $("hint").hidden = true;
+  try {
+    const result = await classifier.classify(blob);
+    showResults(result.top);
+    const { width, height } = result.image;
+    $("timing").textContent =
+      `in this browser: ${result.ms.toFixed(0)} ms (decode, preprocess and network) · ` +
+      `${width}x${height} photo`;
+    $("result").textContent = JSON.stringify({ top: result.top, logits: result.logits });
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function main() {
+  let classifier;
+  try {
+    classifier = await SqueezeNet.load(folder);
+  } catch (err) {
+    $("model").textContent = "the model could not be loaded";
+    showError(err);
+    return;
+  }
+  const info = classifier.info;
+  $("model").textContent =
+    `${info.arch} · ${info.num_classes} classes · ${info.preprocess.name} preprocessing · ` +
+    `${info.int8 ? "int8" : "fp32"} · onnxruntime-web ${info.onnxruntime_web} (WebAssembly)`;
+  $("file").addEventListener("change", (event) => {
+    if (event.target.files.length) classify(classifier, event.target.files[0]);
+  });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) classify(classifier, event.dataTransfer.files[0]);
+  });
+  const image = new URLSearchParams(location.search).get("image");
+  if (image) {
+    try {
+      const response = await fetch(image);
+      if (!response.ok) throw new Error(`${image}: HTTP ${response.status}`);
+      await classify(classifier, await response.blob());
+    } catch (err) {
+      showError(err);
+    }
+  }
+}
+
+main();
