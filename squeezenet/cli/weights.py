@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import urllib.request
 
-from ..data.datasets import squeezenet_home
 from ..errors import SqueezeNetError
-from ..io import atomic_output
-from ..weights.detect import sha256_file
-from ..weights.entries import ENTRIES, list_weights
-from ..weights.load import save_model
-from .common import add_weights_args, model_from_args
+from .common import FORMAT_CHOICES, LazyChoices, existing_file, model_from_args, output_file
+
+
+def _names() -> list[str]:
+    from ..weights.entries import list_weights
+
+    return list_weights()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert", help="any supported weights -> .safetensors (or .pth, .caffemodel, .npz)"
     )
-    p.add_argument("src", metavar="SRC")
+    p.add_argument("src", metavar="SRC", help="weights file or registered name")
     p.add_argument(
-        "-o", "--output", required=True, metavar="OUT",
+        "-o", "--output", required=True, metavar="OUT", type=output_file,
         help="output file; its suffix picks the format: .safetensors (default, keeps metadata), "
         ".pth (torchvision), .caffemodel (Caffe), .npz (old Chainer layout)",
     )  # fmt: skip
-    add_weights_args(p, required=False)
+    p.add_argument("--format", choices=FORMAT_CHOICES, help="SRC's format, if not detected")
+    p.add_argument(
+        "--prototxt", type=existing_file, metavar="FILE",
+        help="Caffe prototxt giving layer shapes and padding",
+    )  # fmt: skip
+    p.add_argument("--preprocess", choices=["caffe", "torchvision"], help="override preset")
     p.set_defaults(run=run_convert)
     p = subparsers.add_parser("download", help="fetch named weights into the cache, hash-checked")
-    p.add_argument("name", choices=list_weights())
+    p.add_argument("name", choices=LazyChoices(_names))
     p.set_defaults(run=run_download)
 
 
 def run_convert(args: argparse.Namespace) -> None:
+    from ..weights.load import save_model
+
     args.weights = args.src
     model = model_from_args(args)
     save_model(model, args.output)
@@ -40,6 +47,13 @@ def run_convert(args: argparse.Namespace) -> None:
 
 
 def run_download(args: argparse.Namespace) -> None:
+    import urllib.request
+
+    from ..data.datasets import squeezenet_home
+    from ..io import atomic_output
+    from ..weights.detect import sha256_file
+    from ..weights.entries import ENTRIES
+
     entry = ENTRIES[args.name]
     home = squeezenet_home()
     home.mkdir(parents=True, exist_ok=True)
