@@ -23,6 +23,8 @@ from .common import (
     workers,
 )
 
+DEFAULT_TOPK = 5  # as serve's ?topk=; cut to the class count of a model with fewer
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--files-from", metavar="LIST", help="more image paths, one a line ('-': stdin)")
     add_weights_args(p)
     p.add_argument(
-        "--topk", type=positive_int, default=5,
-        help="classes per image, 1 to the model's class count (more is an error, as in serve)",
+        "--topk", type=positive_int,
+        help="classes per image, 1 to the model's class count: more is an error, as in serve "
+        "(default: 5, or the class count when the model has fewer)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument(
@@ -96,10 +99,9 @@ def _model_and_forward(args: argparse.Namespace, topk: int | None = None) -> tup
 
     weights = weights_or_default(args)
     model = open_onnx(weights, args.backend, args.preprocess) or model_from_args(args)
-    if topk is not None and topk > model.weights_info.num_classes:
-        raise SqueezeNetError(
-            f"--topk {topk}: the model has {model.weights_info.num_classes} classes"
-        )
+    classes = model.weights_info.num_classes
+    if topk is not None and topk > classes:
+        raise SqueezeNetError(f"--topk {topk}: the model has {classes} classes")
     example = None
     if args.calibration and args.backend in INT8_BACKENDS:
         from ..inference.quantize import calibration_images
@@ -138,8 +140,9 @@ def run_predict(args: argparse.Namespace) -> int:
         from ..inference.stream import predict_stream
 
         model, forward = _model_and_forward(args, args.topk)
+        topk = args.topk or min(DEFAULT_TOPK, model.weights_info.num_classes)
         batches = predict_stream(
-            model, todo, topk=args.topk, forward=forward, batch_size=args.batch_size,
+            model, todo, topk=topk, forward=forward, batch_size=args.batch_size,
             workers=args.workers,
         )  # fmt: skip
     return _write(args, batches, total=len(files), already=len(files) - len(todo))
@@ -154,8 +157,9 @@ def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator:
             "--ray takes neither --calibration (quantize the model first) nor --save-logits"
         )
     return predict_ray(
-        files, args.weights, backend=args.backend, topk=args.topk, batch_size=args.batch_size,
-        address=args.ray or None, preprocess=args.preprocess, file_format=args.format,
+        files, args.weights, backend=args.backend, topk=args.topk or DEFAULT_TOPK,
+        batch_size=args.batch_size, address=args.ray or None, preprocess=args.preprocess,
+        file_format=args.format,
     )  # fmt: skip
 
 
