@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--weights", metavar="PATH_OR_NAME",
-        help="weights (default: without --arch, pretrained weights found on this machine, said "
-        "on stderr)",
+        help="weights (default: pretrained weights found on this machine, said on stderr; with "
+        "--arch, random ones: the time is the same)",
     )  # fmt: skip
     p.add_argument(
         "--batch", type=int_list(1, MAX_BATCH), default=[1, 20], help="batch sizes, e.g. 1,20"

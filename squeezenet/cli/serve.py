@@ -42,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout", type=positive_float, default=30.0, help="seconds per request at most"
     )
     p.add_argument("--threads", type=threads, help="threads of the network (default: one per core)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="uvicorn's log level",
+    )  # fmt: skip
     p.set_defaults(run=run_serve)
 
 
