@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit code (2 for a bad argument or a user error, 0 after --help)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # the parser's one-line error or --help: a code, as for a command
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.run(args) or 0)
     except SqueezeNetError as e:
