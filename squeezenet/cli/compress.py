@@ -65,41 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stderr)",
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, metavar="OUT.sqz", type=output_file)
-    p.add_argument(
-        "--bits",
-        type=int_list(1, 8),
-        metavar="B[,B...]",
-        help="bits per weight code (1-8); several give OUT-<B>bit.sqz each (default 6); with "
-        "--target-bytes or --max-drop, the widths a layer may get (default 2-8)",
-    )
-    p.add_argument(
-        "--target-bytes",
-        type=positive_int,
-        metavar="N",
-        help="the most accurate file of at most N bytes: bits and density per layer from "
-        "measured sensitivities, decided on a held-out split of --data",
-    )
-    p.add_argument(
-        "--max-drop",
-        type=float_range(0, 100),
-        metavar="P",
-        help="the smallest file whose top-1 and top-5 on a held-out split of --data are within "
-        "P points of the original's",
-    )
-    p.add_argument(
-        "--holdout",
-        type=positive_int,
-        default=defaults.holdout,
-        metavar="N",
-        help="images of --data held out for the search's decisions, never calibrated on",
-    )
-    p.add_argument(
-        "--search-steps",
-        type=positive_int,
-        default=defaults.search_steps,
-        metavar="N",
-        help="files compressed and evaluated by --max-drop's bisection",
-    )
+    _add_budget_args(p, defaults)
     p.add_argument(
         "--sparsity",
         default=defaults.sparsity,
@@ -137,6 +103,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--teacher", metavar="PATH_OR_NAME", help="distillation teacher (default: --weights)"
     )
+    _add_finetune_args(p, defaults)
+    p.add_argument(
+        "--float",
+        dest="dtype",
+        choices=LazyChoices(_float_dtypes),
+        default=defaults.dtype,
+        help="storage of codebooks and biases",
+    )
+    p.add_argument(
+        "--gap-bits",
+        type=int,
+        choices=LazyChoices(_gap_bits),
+        help="width of the relative positions (default: the smallest per layer)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse OUT.pruned.safetensors written by an earlier run",
+    )
+    p.add_argument(
+        "--plot", type=output_file, metavar="PNG", help="size/accuracy plot (default: OUT.png)"
+    )
+    p.add_argument("--seed", type=seed, default=defaults.seed, help="seed of sampling and k-means")
+    p.add_argument("--device", default=defaults.device, help="torch device, e.g. cuda")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_progress_arg(p)
+    p.set_defaults(run=run_compress)  # fmt: skip
+
+
+def _add_budget_args(p: argparse.ArgumentParser, defaults: _Defaults) -> None:
+    """Bit widths, and the budget searches (--target-bytes, --max-drop)."""
+    p.add_argument(
+        "--bits",
+        type=int_list(1, 8),
+        metavar="B[,B...]",
+        help="bits per weight code (1-8); several give OUT-<B>bit.sqz each (default 6); with "
+        "--target-bytes or --max-drop, the widths a layer may get (default 2-8)",
+    )
+    p.add_argument(
+        "--target-bytes",
+        type=positive_int,
+        metavar="N",
+        help="the most accurate file of at most N bytes: bits and density per layer from "
+        "measured sensitivities, decided on a held-out split of --data",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float_range(0, 100),
+        metavar="P",
+        help="the smallest file whose top-1 and top-5 on a held-out split of --data are within "
+        "P points of the original's",
+    )
+    p.add_argument(
+        "--holdout",
+        type=positive_int,
+        default=defaults.holdout,
+        metavar="N",
+        help="images of --data held out for the search's decisions, never calibrated on",
+    )
+    p.add_argument(
+        "--search-steps",
+        type=positive_int,
+        default=defaults.search_steps,
+        metavar="N",
+        help="files compressed and evaluated by --max-drop's bisection",
+    )
+
+
+def _add_finetune_args(p: argparse.ArgumentParser, defaults: _Defaults) -> None:
+    """The fine-tuning by distillation after pruning and quantizing."""
     p.add_argument(
         "--images", type=positive_int, default=defaults.images,
         help="fine-tuning images held in memory",
@@ -174,32 +210,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=batch_size, default=defaults.batch_size, help="fine-tuning batch"
     )
-    p.add_argument(
-        "--float",
-        dest="dtype",
-        choices=LazyChoices(_float_dtypes),
-        default=defaults.dtype,
-        help="storage of codebooks and biases",
-    )
-    p.add_argument(
-        "--gap-bits",
-        type=int,
-        choices=LazyChoices(_gap_bits),
-        help="width of the relative positions (default: the smallest per layer)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse OUT.pruned.safetensors written by an earlier run",
-    )
-    p.add_argument(
-        "--plot", type=output_file, metavar="PNG", help="size/accuracy plot (default: OUT.png)"
-    )
-    p.add_argument("--seed", type=seed, default=defaults.seed, help="seed of sampling and k-means")
-    p.add_argument("--device", default=defaults.device, help="torch device, e.g. cuda")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_progress_arg(p)
-    p.set_defaults(run=run_compress)  # fmt: skip
 
 
 def run_compress(args: argparse.Namespace) -> None:
