@@ -155,7 +155,7 @@ def test_below_the_fixed_overhead_says_why_in_one_line(tmp_path, capsys):
     assert main([*base[:5], "--target-bytes", "300000"]) == 2
     assert "needs images (--data)" in capsys.readouterr().err
     assert main([*base, "--max-drop", "-1"]) == 2
-    assert "at least 0 points" in capsys.readouterr().err
+    assert "--max-drop: expected a number in [0, 100], got -1" in capsys.readouterr().err
     assert not (tmp_path / "x.sqz").exists()
 
 

@@ -241,9 +241,9 @@ def test_serve_runs_an_int8_onnx_file_as_predict_does(model, tmp_path, monkeypat
     ("argv", "message"),
     [
         (["--weights", "no/such.param"], "no such file"),
-        (["--max-batch", "0"], "--max-batch must be at least 1"),
-        (["--timeout", "0"], "must be positive"),
-        (["--threads", "0"], "--threads must be at least 1"),
+        (["--max-batch", "0"], "--max-batch: expected an integer in 1..1024, got 0"),
+        (["--timeout", "0"], "--timeout: expected a number > 0, got 0"),
+        (["--threads", "0"], "--threads: expected an integer in 1..256, got 0"),
     ],
 )
 def test_serve_cli_errors_are_one_line(capsys, argv, message):

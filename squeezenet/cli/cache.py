@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..data.cache import cache_dir, list_caches, remove
+from .common import non_negative_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,13 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
     p.add_argument(
-        "--unused-days", type=float, metavar="D",
+        "--unused-days", type=non_negative_float, metavar="D",
         help="clear: only caches no run has used for D days",
     )  # fmt: skip
     p.set_defaults(run=run_cache)
 
 
 def run_cache(args: argparse.Namespace) -> None:
+    from ..data.cache import cache_dir, list_caches, remove
+
     entries = list_caches()
     if args.action == "clear":
         cutoff = time.time() - 86400 * args.unused_days if args.unused_days is not None else None

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.datasets import list_images, shared_dir
 from ..errors import SqueezeNetError
-from ..inference.backends import optimize
-from ..inference.pipeline import evaluate, predict
-from ..weights.load import load_model
+from .common import add_progress_arg, existing_dir
 
 DEMO_WEIGHTS = [
     "weights/deep-compression/compressed_SqueezeNet.net",
@@ -19,12 +16,21 @@ DEMO_WEIGHTS = [
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="predict on the shared photos and evaluate both weights")
-    p.add_argument("--shared", type=Path, default=None, help="the shared data folder")
+    p.add_argument(
+        "--shared", type=existing_dir, metavar="DIR",
+        help="the shared data folder (default: $SQUEEZENET_SHARED, or ../shared)",
+    )  # fmt: skip
+    add_progress_arg(p)
     p.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    shared = args.shared or shared_dir()
+    from ..data.datasets import list_images, shared_dir
+    from ..inference.backends import optimize
+    from ..inference.pipeline import evaluate, predict
+    from ..weights.load import load_model
+
+    shared = Path(args.shared) if args.shared else shared_dir()
     weights = [shared / w for w in DEMO_WEIGHTS]
     if not all(w.exists() for w in weights):
         raise SqueezeNetError(
@@ -43,7 +49,9 @@ def run_demo(args: argparse.Namespace) -> None:
         for r in results:
             top = ", ".join(f"{t['label']} {t['prob']:.0%}" for t in r["top"])
             print(f"  {Path(r['file']).name:22s} {top}")
-        result = evaluate(model, shared / "data/imagenet-val", forward=forward)
+        result = evaluate(
+            model, shared / "data/imagenet-val", forward=forward, progress=not args.no_progress
+        )
         print(
             f"  imagenet-val: top-1 {result['top1']:.1%}  top-5 {result['top5']:.1%}  "
             f"({result['n']} images)"

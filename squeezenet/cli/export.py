@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference.export import TARGETS, export
-from ..weights.load import load_model
+from .common import LazyChoices, output_file, weights_or_default
+
+
+def _targets() -> tuple[str, ...]:
+    from ..inference.export import TARGETS
+
+    return TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="weights -> a file for a deploy target")
-    p.add_argument("--weights", required=True, metavar="PATH_OR_NAME", help="any weights file")
-    p.add_argument("--format", choices=TARGETS, default="onnx", help="deploy target")
-    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument(
+        "--weights", metavar="PATH_OR_NAME",
+        help="any weights file or name (default: pretrained weights found on this machine, said "
+        "on stderr)",
+    )  # fmt: skip
+    p.add_argument("--format", choices=LazyChoices(_targets), default="onnx", help="deploy target")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", type=output_file)
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not 1")
     p.add_argument("--int8", action="store_true", help="web: an int8 model (needs --calibration)")
     p.add_argument("--calibration", metavar="DIR", help="web --int8: training images to calibrate")
@@ -20,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    model = load_model(args.weights)
+    from ..inference.export import export
+    from ..weights.load import load_model
+
+    model = load_model(weights_or_default(args))
     options = {"dynamic_batch": args.dynamic_batch} if args.format == "onnx" else {}
     if args.format == "web":
         options = {"int8": args.int8, "calibration": args.calibration}

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import build_model, default_input_size, list_models
-from ..models.stats import model_stats
-from ..weights.entries import ENTRIES
+from .common import ARCH_CHOICES, check_image_size, image_size, num_classes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="parameters, size and multiply-accumulates of an arch")
-    p.add_argument("arch", choices=list_models())
-    p.add_argument("--image-size", type=int, help="input side (default: the arch's own)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("arch", choices=ARCH_CHOICES)
+    p.add_argument(
+        "--image-size", type=image_size,
+        help="input side, at least the arch's minimum (default: the arch's own)",
+    )  # fmt: skip
+    p.add_argument("--num-classes", type=num_classes, default=1000, help="classifier outputs")
     p.set_defaults(run=run_info)
     p = subparsers.add_parser("list", help="architectures and named weights")
     p.set_defaults(run=run_list)
 
 
 def run_info(args: argparse.Namespace) -> None:
+    from ..models import build_model, default_input_size
+    from ..models.stats import model_stats
+
+    check_image_size(args.arch, args.image_size)
     size = args.image_size or default_input_size(args.arch)
     stats = model_stats(build_model(args.arch, num_classes=args.num_classes), size)
     print(f"{args.arch} at {size}x{size}, {args.num_classes} classes")
@@ -30,6 +35,9 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_list(args: argparse.Namespace) -> None:
+    from ..models import list_models
+    from ..weights.entries import ENTRIES
+
     print("architectures:", ", ".join(list_models()))
     print("named weights:")
     for e in ENTRIES.values():

@@ -9,27 +9,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from ..data.datasets import shared_dir, squeezenet_home
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS, INT8_BACKENDS, open_onnx, optimize
-from ..inference.pipeline import evaluate
-from ..inference.stream import (
-    Batch,
-    LineWriter,
-    collect_inputs,
-    completed_files,
-    parse_shard,
-    predict_stream,
-    shard,
+from .common import (
+    BACKEND_CHOICES,
+    add_progress_arg,
+    add_weights_args,
+    batch_size,
+    existing_dir,
+    model_from_args,
+    output_file,
+    positive_int,
+    weights_or_default,
+    workers,
 )
-from ..weights.entries import ENTRIES
-from .common import add_weights_args, model_from_args
 
-# cached downloads tried when --weights is not given, best first ('squeezenet download NAME')
-DEFAULT_WEIGHTS = ["squeezenet1_1.torchvision", "squeezenet1_1.ncnn", "squeezenet1_0.torchvision"]
+DEFAULT_TOPK = 5  # as serve's ?topk=; cut to the class count of a model with fewer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,11 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="files or folders (recursive)")
     p.add_argument("--files-from", metavar="LIST", help="more image paths, one a line ('-': stdin)")
-    add_weights_args(p, required=False)
-    p.add_argument("--topk", type=int, default=5)
+    add_weights_args(p)
+    p.add_argument(
+        "--topk", type=positive_int,
+        help="classes per image, 1 to the model's class count: more is an error, as in serve "
+        "(default: 5, or the class count when the model has fewer)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument(
-        "--output", metavar="OUT.jsonl",
+        "--output", metavar="OUT.jsonl", type=output_file,
         help="append the JSON lines to this file (written batch by batch, fsynced every second)",
     )  # fmt: skip
     p.add_argument(
@@ -52,49 +50,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shard", metavar="I/N", help="run shard I of N: every N-th of the sorted inputs from I"
     )
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress_arg(p)
     p.add_argument(
         "--ray", nargs="?", const="", metavar="ADDRESS",
         help="run on a Ray cluster (pip install 'squeezenet[ray]'); no ADDRESS: a local one, "
         "or the one 'ray start' made on this machine",
     )  # fmt: skip
-    p.add_argument("--save-logits", metavar="F.npy", help="write (N, classes) float32 logits")
+    p.add_argument(
+        "--save-logits", metavar="F.npy", type=output_file, help="write (N, classes) float32 logits"
+    )
     _add_run_args(p)
     p.set_defaults(run=run_predict)
 
     p = subparsers.add_parser("evaluate", help="top-1/top-5 on a labelled folder")
-    p.add_argument("data", metavar="DATA", help="folder with labels.csv, or an ImageFolder tree")
+    p.add_argument(
+        "data", metavar="DATA", type=existing_dir,
+        help="folder with labels.csv, or an ImageFolder tree",
+    )  # fmt: skip
     add_weights_args(p)
-    p.add_argument("--json", action="store_true", help='print {"top1", "top5", "n"}')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"top1", "top5", "n", "skipped"} (docs/predict.md)',
+    )
+    add_progress_arg(p)
     _add_run_args(p)
     p.set_defaults(run=run_evaluate)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
-        "--workers", type=int, help="image decoding processes (default: cores - 1, at most 4)"
+        "--backend", choices=BACKEND_CHOICES, default="auto", help="see docs/inference.md"
     )
-    p.add_argument("--calibration", metavar="DIR", help="images to calibrate an int8 backend on")
+    p.add_argument("--batch-size", type=batch_size, default=32, help="images per forward pass")
+    p.add_argument(
+        "--workers", type=workers, help="image decoding processes (default: cores - 1, at most 4)"
+    )
+    p.add_argument(
+        "--calibration", metavar="DIR", type=existing_dir,
+        help="images to calibrate an int8 backend on",
+    )  # fmt: skip
 
 
-def _model_and_forward(args: argparse.Namespace) -> tuple:
-    """The model (an .onnx file may run as it is) and its forward through --backend."""
-    model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
+def _model_and_forward(args: argparse.Namespace, topk: int | None = None) -> tuple:
+    """The model (an .onnx file may run as it is) and its forward through --backend; ``topk``
+    is checked against the model's classes before the backend is built."""
+    from ..inference.backends import INT8_BACKENDS, open_onnx, optimize
+
+    weights = weights_or_default(args)
+    model = open_onnx(weights, args.backend, args.preprocess) or model_from_args(args)
+    classes = model.weights_info.num_classes
+    if topk is not None and topk > classes:
+        raise SqueezeNetError(f"--topk {topk}: the model has {classes} classes")
     example = None
     if args.calibration and args.backend in INT8_BACKENDS:
         from ..inference.quantize import calibration_images
 
         preprocess = model.weights_info.preprocess
-        example = calibration_images(args.calibration, preprocess, progress=not args.json)
+        example = calibration_images(args.calibration, preprocess, progress=_progress(args))
     return model, optimize(model, args.backend, example)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not (args.json or args.no_progress)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Stream results as they come; 1 when images were skipped, 0 when all were read."""
-    if args.topk < 1:
-        raise SqueezeNetError("--topk must be at least 1")
+    from ..inference.stream import collect_inputs, completed_files, parse_shard, shard
+
     if args.resume and not args.output:
         raise SqueezeNetError("--resume continues an --output file; pass --output OUT.jsonl")
     if args.save_logits and args.resume:
@@ -109,20 +133,22 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"{args.output}: already has results; pass --resume to continue it, or remove it"
             )
     todo = [f for f in files if f not in done]
-    if args.weights is None:
-        args.weights = default_weights()
+    weights_or_default(args)
     if args.ray is not None:
         batches = _ray_batches(args, todo)
     else:
-        model, forward = _model_and_forward(args)
+        from ..inference.stream import predict_stream
+
+        model, forward = _model_and_forward(args, args.topk)
+        topk = args.topk or min(DEFAULT_TOPK, model.weights_info.num_classes)
         batches = predict_stream(
-            model, todo, topk=args.topk, forward=forward, batch_size=args.batch_size,
+            model, todo, topk=topk, forward=forward, batch_size=args.batch_size,
             workers=args.workers,
         )  # fmt: skip
     return _write(args, batches, total=len(files), already=len(files) - len(todo))
 
 
-def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator[Batch]:
+def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator:
     from ..inference.ray_predict import predict_ray, require_ray
 
     require_ray()  # now, not when the first batch is asked for
@@ -131,34 +157,24 @@ def _ray_batches(args: argparse.Namespace, files: list[str]) -> Iterator[Batch]:
             "--ray takes neither --calibration (quantize the model first) nor --save-logits"
         )
     return predict_ray(
-        files, args.weights, backend=args.backend, topk=args.topk, batch_size=args.batch_size,
-        address=args.ray or None, preprocess=args.preprocess, file_format=args.format,
+        files, args.weights, backend=args.backend, topk=args.topk or DEFAULT_TOPK,
+        batch_size=args.batch_size, address=args.ray or None, preprocess=args.preprocess,
+        file_format=args.format,
     )  # fmt: skip
 
 
-def default_weights() -> str:
-    """Pretrained weights found on this machine, said on stderr; else how to get some."""
-    shared = shared_dir() / "weights"
-    candidates = [
-        shared / "ncnn/squeezenet_v1.1.ncnn.param",
-        shared / "deep-compression/compressed_SqueezeNet.net",
-    ] + [squeezenet_home() / ENTRIES[name].filename for name in DEFAULT_WEIGHTS]
-    for path in candidates:
-        if path.is_file():
-            print(f"squeezenet predict: using {path} (choose with --weights)", file=sys.stderr)
-            return str(path)
-    raise SqueezeNetError(
-        "no --weights given and no pretrained weights found in the shared data or "
-        f"{squeezenet_home()}; run 'squeezenet download {DEFAULT_WEIGHTS[0]}' once"
-    )
-
-
-def _write(args: argparse.Namespace, batches: Iterator[Batch], total: int, already: int) -> int:
+def _write(args: argparse.Namespace, batches: Iterator, total: int, already: int) -> int:
     """Write each batch as it comes: to --output (JSON lines), else stdout; count the skipped."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..inference.stream import LineWriter
+
     bar = tqdm(
         total=total, initial=already, unit="img", desc="predict", file=sys.stderr,
         disable=True if args.no_progress else None,  # None: shown on a terminal only
     )  # fmt: skip
+    shown = not bar.disable  # bar.close() sets disable: read it now for the closing line
     writer = LineWriter(args.output) if args.output else None
     logits, skipped, written, start = [], 0, 0, time.perf_counter()
     try:
@@ -187,7 +203,7 @@ def _write(args: argparse.Namespace, batches: Iterator[Batch], total: int, alrea
         rows = np.concatenate(logits) if logits else np.zeros((0, 0), np.float32)
         np.save(Path(args.save_logits), rows.astype(np.float32))
     seconds = time.perf_counter() - start
-    if skipped or not bar.disable:
+    if skipped or shown:
         resumed = f", {already} already in {args.output}" if already else ""
         print(
             f"squeezenet predict: {written} images in {seconds:.1f} s "
@@ -214,10 +230,12 @@ def _one_line(text: str) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    from ..inference.pipeline import evaluate
+
     model, forward = _model_and_forward(args)
     result = evaluate(
         model, args.data, forward=forward, batch_size=args.batch_size, workers=args.workers,
-        progress=not args.json,
+        progress=_progress(args),
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))

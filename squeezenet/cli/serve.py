@@ -4,32 +4,48 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS, open_onnx
-from .common import add_weights_args, model_from_args
+from .common import (
+    BACKEND_CHOICES,
+    add_weights_args,
+    batch_size,
+    float_range,
+    model_from_args,
+    port,
+    positive_float,
+    threads,
+    weights_or_default,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="HTTP service and web page that classify images")
     add_weights_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--max-batch", type=int, default=32, help="images per forward pass at most")
+    p.add_argument("--port", type=port, default=8000, help="TCP port to listen on")
     p.add_argument(
-        "--max-wait-ms", type=float, default=5.0,
+        "--backend", choices=BACKEND_CHOICES, default="auto", help="see docs/inference.md"
+    )
+    p.add_argument(
+        "--max-batch", type=batch_size, default=32, help="images per forward pass at most"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float_range(0, 60_000), default=5.0,
         help="how long a batch waits for more requests once it has one",
     )  # fmt: skip
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
+    p.add_argument("--max-body-mb", type=positive_float, default=20.0, help="largest request body")
     p.add_argument(
-        "--max-pixels", type=float, default=25.0, metavar="MEGAPIXELS",
-        help="largest decoded image, width x height in millions",
+        "--max-pixels", type=float_range(0, 179, open_lo=True), default=25.0, metavar="MEGAPIXELS",
+        help="largest decoded image, width x height in millions (Pillow refuses over 179)",
     )  # fmt: skip
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request at most")
-    p.add_argument("--threads", type=int, help="threads of the network (default: one per core)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--timeout", type=positive_float, default=30.0, help="seconds per request at most"
+    )
+    p.add_argument("--threads", type=threads, help="threads of the network (default: one per core)")
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="uvicorn's log level",
+    )  # fmt: skip
     p.set_defaults(run=run_serve)
 
 
@@ -43,10 +59,10 @@ def run_serve(args: argparse.Namespace) -> None:
             f"serving needs the 'serve' extra ({e.name} is missing): "
             "pip install 'squeezenet[serve]'"
         ) from None
-    if min(args.max_body_mb, args.max_pixels, args.timeout) <= 0:
-        raise SqueezeNetError("--max-body-mb, --max-pixels and --timeout must be positive")
-    if args.threads is not None and args.threads < 1:
-        raise SqueezeNetError("--threads must be at least 1")
+    import torch
+
+    from ..inference.backends import open_onnx
+
     limits = Limits(
         max_body_bytes=int(args.max_body_mb * 1e6),
         max_pixels=int(args.max_pixels * 1e6),
@@ -54,7 +70,8 @@ def run_serve(args: argparse.Namespace) -> None:
     )
     if args.threads:
         torch.set_num_threads(args.threads)  # the backends take torch's thread count
-    model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
+    weights = weights_or_default(args)
+    model = open_onnx(weights, args.backend, args.preprocess) or model_from_args(args)
     app = create_app(
         model, backend=args.backend, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, limits=limits,

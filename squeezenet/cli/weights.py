@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import urllib.request
 from pathlib import Path
 
-from ..data.datasets import squeezenet_home
 from ..errors import SqueezeNetError
-from ..inference.export import TARGETS, target
-from ..io import atomic_output
-from ..weights.detect import sha256_file
-from ..weights.entries import ENTRIES, list_weights
-from ..weights.formats import writable_suffixes, writer
-from ..weights.load import save_model
-from .common import add_weights_args, model_from_args
+from .common import FORMAT_CHOICES, LazyChoices, existing_file, model_from_args, output_file
+
+
+def _names() -> list[str]:
+    from ..weights.entries import list_weights
+
+    return list_weights()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,20 +24,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(preset, conv10's padding, class names); an input normalisation that differs is "
         "folded into conv1 where that is exact, anything else is refused.",
     )
-    p.add_argument("src", metavar="SRC")
+    p.add_argument("src", metavar="SRC", help="weights file or registered name")
     p.add_argument(
-        "-o", "--output", required=True, metavar="OUT",
+        "-o", "--output", required=True, metavar="OUT", type=output_file,
         help="output file; its suffix picks the format: .safetensors (keeps all metadata), "
         ".pth/.pt (torchvision preset), .caffemodel (Caffe preset), .npz (old Chainer net)",
     )  # fmt: skip
-    add_weights_args(p, required=False)
+    p.add_argument("--format", choices=FORMAT_CHOICES, help="SRC's format, if not detected")
+    p.add_argument(
+        "--prototxt", type=existing_file, metavar="FILE",
+        help="Caffe prototxt giving layer shapes and padding",
+    )  # fmt: skip
+    p.add_argument("--preprocess", choices=["caffe", "torchvision"], help="override preset")
     p.set_defaults(run=run_convert)
     p = subparsers.add_parser("download", help="fetch named weights into the cache, hash-checked")
-    p.add_argument("name", choices=list_weights())
+    p.add_argument("name", choices=LazyChoices(_names))
     p.set_defaults(run=run_download)
 
 
 def run_convert(args: argparse.Namespace) -> None:
+    from ..weights.load import save_model
+
     _check_output(Path(args.output))  # before reading the source
     args.weights = args.src
     model = model_from_args(args)
@@ -53,6 +58,9 @@ def run_convert(args: argparse.Namespace) -> None:
 
 def _check_output(path: Path) -> None:
     """A deploy target's suffix points to ``export``; the weights formats decide the rest."""
+    from ..inference.export import TARGETS, target
+    from ..weights.formats import writable_suffixes, writer
+
     suffix = path.suffix.lower()
     if suffix and suffix not in writable_suffixes():
         for name in TARGETS:
@@ -65,6 +73,13 @@ def _check_output(path: Path) -> None:
 
 
 def run_download(args: argparse.Namespace) -> None:
+    import urllib.request
+
+    from ..data.datasets import squeezenet_home
+    from ..io import atomic_output
+    from ..weights.detect import sha256_file
+    from ..weights.entries import ENTRIES
+
     entry = ENTRIES[args.name]
     home = squeezenet_home()
     home.mkdir(parents=True, exist_ok=True)

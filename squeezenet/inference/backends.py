@@ -371,7 +371,8 @@ def open_onnx(spec: str | Path, backend: str, preprocess: str | None = None) -> 
     int8 = is_int8(proto)
     if int8 and backend not in ("auto", *ONNX_BACKENDS):
         raise SqueezeNetError(
-            f"{path}: an int8 ONNX graph runs only with onnxruntime-int8 or openvino-int8"
+            f"{path}: an int8 ONNX graph runs only with the backends {', '.join(ONNX_BACKENDS)} "
+            "(or auto)"
         )
     if int8 or backend in ("auto", "onnxruntime", "openvino"):
         return OnnxModel(path, proto, preprocess, runtime(backend))

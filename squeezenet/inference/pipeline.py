@@ -115,8 +115,8 @@ def evaluate(
 ) -> dict:
     """Top-1/top-5 of ``model`` on a labels.csv folder or an ImageFolder tree.
 
-    Returns ``{"top1", "top5", "n", "skipped"}`` with accuracies as fractions in 0..1;
-    images that cannot be decoded are skipped and counted.
+    Returns ``{"top1", "top5", "n", "skipped"}`` with accuracies as fractions in 0..1 (``top5``
+    is top-k for k = min(5, classes)); images that cannot be decoded are skipped and counted.
     """
     info = model.weights_info
     preprocess = info.preprocess
@@ -135,9 +135,9 @@ def evaluate(
         raise SqueezeNetError(f"{data}: none of the {len(dataset)} images could be decoded")
     labels = np.asarray(dataset.labels)
     k = min(5, logits.shape[1])
-    result = topk_accuracy(logits[keep], labels[keep], (1, k))
-    result.setdefault("top5", result.get(f"top{k}", 1.0))
-    return {**result, "n": int(keep.size), "skipped": len(skipped)}
+    accuracy = topk_accuracy(logits[keep], labels[keep], (1, k))
+    top1, top5 = accuracy["top1"], accuracy[f"top{k}"]  # "top5" whatever the class count
+    return {"top1": top1, "top5": top5, "n": int(keep.size), "skipped": len(skipped)}
 
 
 def predict(

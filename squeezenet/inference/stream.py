@@ -102,6 +102,8 @@ def read_file_list(source: str) -> list[str]:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as e:
         raise SqueezeNetError(f"{source}: cannot read file list ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise SqueezeNetError(f"{source}: not a file list (not UTF-8 text)") from None
     return [line for line in text.splitlines() if line.strip()]
 
 

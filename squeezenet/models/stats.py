@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -47,3 +49,29 @@ def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
 def model_stats(model: nn.Module, image_size: int) -> dict:
     params = sum(p.numel() for p in model.parameters())
     return {"params": params, "size_mb": params * 4 / 1e6, "macs": count_macs(model, image_size)}
+
+
+@functools.cache
+def min_input_size(arch: str, limit: int = 1024) -> int:
+    """The smallest input side ``arch`` takes (its pools and its last conv need some room);
+    ``limit`` + 1 when it takes none up to ``limit``. Shapes only: the model runs on the meta
+    device, which computes no numbers."""
+    from .registry import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch).eval()
+
+    def fits(size: int) -> bool:
+        try:
+            model(torch.zeros(1, 3, size, size, device="meta"))
+        except RuntimeError as e:
+            if "too small" not in str(e):
+                raise
+            return False
+        return True
+
+    lo, hi = 1, limit + 1  # bisection: every side from the smallest up fits (layers only shrink)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return lo
