@@ -32,6 +32,7 @@ WORK = [
     ("squeezenet.engine.train", "train"),
     ("squeezenet.engine.compare", "compare"),
     ("squeezenet.models.stats", "model_stats"),  # info
+    ("squeezenet.inference.hub", "save_folder"),
 ]
 PATH_METAVAR = re.compile(r"PATH|^FILE|LIST|^OUT|\.npy|DIR|DATA|IMAGE|PNG|SRC")
 FOLDER_METAVAR = re.compile(r"DIR$|^DATA$")
@@ -46,8 +47,15 @@ class Reached(Exception):
 
 def commands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
-    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices)
+    found = {}
+    for name, command in subcommands(parser).items():  # one level deeper: hub save, hub push
+        found |= {f"{name} {n}": p for n, p in subcommands(command).items()} or {name: command}
+    return found
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(found[0].choices) if found else {}
 
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -94,12 +102,14 @@ def base_args(command: str, files: dict[str, Path], out: Path) -> dict[str, str 
         "compare": {"data": data, "out": str(out / "runs")},
         "info": {"arch": "squeezenet1_1"},
         "demo": {"shared": str(files["root"] / "empty")},
+        "hub save": {"weights": weights, "output": str(out / "folder")},
+        "hub push": {"folder": str(files["root"]), "repo": "someone/model"},
     }.get(command, {})
 
 
 def argv(command: str, parser: argparse.ArgumentParser, values: dict[str, str | None]) -> list:
     """The command line giving each dest its value (positionals in the parser's order)."""
-    line = [command]
+    line = command.split()
     for action in options(parser):
         value = values.get(action.dest)
         if value is None:

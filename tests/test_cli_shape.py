@@ -28,8 +28,10 @@ DEFAULT_WEIGHTS = {
     "quantize": ["--calibration", "DATA", "-o", "OUT/x.onnx"],
     "export": ["-o", "OUT/x.onnx"],
     "serve": [],
+    "hub save": ["-o", "OUT/folder"],
 }
 BARS = {"predict", "evaluate", "bench", "compress", "quantize", "train", "compare", "demo"}
+BARS |= {"hub save"}
 HEAVY = ["torch", "numpy", "onnx", "onnxruntime", "matplotlib", "PIL", "tqdm", "ml_dtypes"]
 
 
@@ -83,7 +85,7 @@ def test_default_weights_are_said_in_one_line(
     monkeypatch.setenv("SQUEEZENET_HOME", str(home))
     monkeypatch.setenv("SQUEEZENET_SHARED", str(tmp_path / "no-shared"))
     fill = {"IMAGE": str(small["image"]), "DATA": str(small["data"])}
-    line = [command] + [
+    line = command.split() + [
         fill.get(a, a.replace("OUT", str(tmp_path))) for a in DEFAULT_WEIGHTS[command]
     ]
     result, err = outcome(line, capsys)

@@ -6,41 +6,40 @@ import argparse
 from pathlib import Path
 
 from ..errors import SqueezeNetError
-from ..weights.hub import CONFIG
+from .common import add_progress_arg, add_weights_args, existing_dir, model_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     hub = subparsers.add_parser("hub", help="write a Hub-shaped model folder, or upload one")
     commands = hub.add_subparsers(dest="hub_command", required=True, metavar="ACTION")
     p = commands.add_parser("save", help="config.json + model.safetensors + a measured card")
-    p.add_argument("--weights", required=True, metavar="PATH_OR_NAME", help="any weights file")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write")
+    add_weights_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the folder to write")
     p.add_argument(
-        "--eval", action="append", default=[], metavar="DATA",
+        "--eval", action="append", metavar="DATA", type=existing_dir,
         help="evaluate on DATA (labels.csv folder or class folders) and put the result in the "
         "card's model-index; repeat for several data sets",
     )  # fmt: skip
     p.add_argument(
-        "--with", dest="extras", default="", metavar="TARGETS",
+        "--with", dest="extras", metavar="TARGETS",
         help="deploy files to add, comma-separated (onnx, pt2, executorch, ncnn)",
     )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_save)
+    add_progress_arg(p)
+    p.set_defaults(run=run_save, command="hub save")
     p = commands.add_parser("push", help="upload a folder to the Hub (huggingface_hub)")
-    p.add_argument("folder", metavar="DIR")
+    p.add_argument("folder", metavar="DIR", type=existing_dir)
     p.add_argument("repo", metavar="ORG/NAME")
     p.add_argument("--private", action="store_true", help="create the repository private")
-    p.set_defaults(run=run_push)
+    p.set_defaults(run=run_push, command="hub push")
 
 
 def run_save(args: argparse.Namespace) -> None:
     from ..inference.hub import save_folder
-    from ..weights.load import load_model
 
-    model = load_model(args.weights)
-    extras = [name for name in args.extras.split(",") if name]
+    model = model_from_args(args)
+    extras = [name for name in (args.extras or "").split(",") if name]
     runs = save_folder(
-        model, args.output, evals=args.eval, extras=extras, progress=not args.no_progress
+        model, args.output, evals=args.eval or [], extras=extras, progress=not args.no_progress
     )
     print(f"{args.output}: {model.weights_info.arch} as a Hub folder")
     for run in runs:
@@ -48,6 +47,8 @@ def run_save(args: argparse.Namespace) -> None:
 
 
 def run_push(args: argparse.Namespace) -> None:
+    from ..weights.hub import CONFIG
+
     folder = Path(args.folder)
     if not (folder / CONFIG).is_file():
         raise SqueezeNetError(f"{folder}: no {CONFIG}; write the folder with 'squeezenet hub save'")

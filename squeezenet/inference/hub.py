@@ -16,11 +16,11 @@ from torch import nn
 
 from ..errors import SqueezeNetError
 from ..io import atomic_write_bytes
-from ..models.stats import model_stats
+from ..models import stats
 from ..weights.entries import ENTRIES
 from ..weights.hub import CARD, CONFIG, WEIGHTS, config_of
-from ..weights.load import save_model
-from .export import TARGETS, export
+from ..weights.save import save_model
+from . import export as targets
 from .pipeline import evaluate
 
 EXTRA_FILES = {"onnx": "model.onnx", "pt2": "model.pt2", "executorch": "model.pte"}
@@ -52,9 +52,9 @@ def save_folder(
         raise SqueezeNetError(
             "hub folders need huggingface_hub: pip install 'squeezenet[hub]'"
         ) from None
-    unknown = [name for name in extras if name not in EXTRA_FILES or name not in TARGETS]
+    unknown = [name for name in extras if name not in EXTRA_FILES or name not in targets.TARGETS]
     if unknown:
-        known = ", ".join(n for n in EXTRA_FILES if n in TARGETS)
+        known = ", ".join(n for n in EXTRA_FILES if n in targets.TARGETS)
         raise SqueezeNetError(f"--with {unknown[0]}: not a deploy target; choose from {known}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def save_folder(
     save_model(model, out / WEIGHTS)
     written = []
     for name in extras:
-        export(model, out / EXTRA_FILES[name], name)
+        targets.export(model, out / EXTRA_FILES[name], name)
         written += sorted(p.name for p in out.glob(Path(EXTRA_FILES[name]).stem + ".*"))
     card = model_card(model, runs, sorted(set(written) - {CONFIG, WEIGHTS, CARD}), out)
     atomic_write_bytes(out / CARD, card.encode())
@@ -105,7 +105,7 @@ def model_card(model: nn.Module, runs: list[Evaluation], extra_files: list[str],
         ]
         or None,
     )
-    stats = model_stats(model, info.preprocess.crop)
+    counts = stats.model_stats(model, info.preprocess.crop)
     p = info.preprocess
     lines = [
         f"# {name}",
@@ -115,8 +115,8 @@ def model_card(model: nn.Module, runs: list[Evaluation], extra_files: list[str],
         "",
         "| | |",
         "|---|---|",
-        f"| parameters | {stats['params']:,} |",
-        f"| multiply-accumulates | {stats['macs'] / 1e6:,.0f} M at {p.crop}x{p.crop} |",
+        f"| parameters | {counts['params']:,} |",
+        f"| multiply-accumulates | {counts['macs'] / 1e6:,.0f} M at {p.crop}x{p.crop} |",
         f"| `{WEIGHTS}` | {(out / WEIGHTS).stat().st_size:,} bytes |",
         f"| source | {entry.url if entry else info.source or 'trained with squeezenet'} |",
         f"| licence | {entry.license if entry else 'as the source'} |",
