@@ -20,15 +20,13 @@ from squeezenet.cli import main
 from squeezenet.data.transforms import get_preset
 from squeezenet.engine.augment import TrainTransform, random_resized_crop_box
 from squeezenet.engine.checkpoint import STATE_FILE
-from squeezenet.engine.train import (
-    WORKER_NICENESS,
-    TrainConfig,
-    _init_worker,
-    _make_model,
-    loss_is_stuck,
-    lr_factor,
-    train,
-)
+from squeezenet.engine.checks import loss_is_stuck
+from squeezenet.engine.config import prepare
+from squeezenet.engine.distributed import setup_processes
+from squeezenet.engine.loading import WORKER_NICENESS, _init_worker
+from squeezenet.engine.network import make_model
+from squeezenet.engine.run import lr_factor
+from squeezenet.engine.train import TrainConfig, train
 from squeezenet.weights.formats import safetensors
 from squeezenet.weights.load import load_model
 
@@ -179,14 +177,19 @@ def test_classes_the_weights_know_keep_their_classifier_rows(shared, tiny):
     weights = str(shared(NCNN))
     order = [CLASSES[2], CLASSES[0], CLASSES[3], CLASSES[1]]  # not the ImageNet order
     cfg = TrainConfig(str(tiny), "unused", arch="squeezenet1_1", weights=weights, num_classes=4)
-    model = _make_model(cfg, None, load_model(weights), order)
+
+    def model_for(cfg: TrainConfig) -> torch.nn.Module:  # the head decided as a run decides it
+        setup = prepare(cfg, setup_processes("cpu"), resume=False)
+        return make_model(setup.cfg, None, setup.pretrained, order)
+
+    model = model_for(cfg)
     full = load_model(weights)
     x = full.weights_info.preprocess(Image.open(sorted((tiny / "val" / CLASSES[1]).iterdir())[0]))
     with torch.no_grad():
         want = full(x[None])[0, [full.weights_info.class_ids.index(c) for c in order]]
         got = model.eval()(x[None])[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # 4 vs 1000 output channels
-    reset = _make_model(dataclasses.replace(cfg, reset_head=True), None, load_model(weights), order)
+    reset = model_for(dataclasses.replace(cfg, reset_head=True))
     assert reset.get_classifier().weight.shape[0] == 4
     assert not torch.equal(reset.get_classifier().weight, model.get_classifier().weight)
 
@@ -343,3 +346,39 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path, reference, 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in reference.history]
     assert [r["val_loss"] for r in rows] == [h["val_loss"] for h in reference.history]
+
+
+def test_a_resumed_fine_tune_keeps_its_new_classifier_and_its_rate(tiny, tmp_path, capsys):
+    """Whether the classifier is new is decided from the starting weights, which --resume does
+    not load again: the decision is saved with the run, so the resumed run still has a new
+    classifier moving at new_head_lr x the rate of the pretrained layers' backbone_lr."""
+    from conftest import shared_path
+
+    out = tmp_path / "run"
+    weights = str(shared_path(NCNN))
+    rates = {"lr": 0.002, "backbone_lr": 0.05, "new_head_lr": 5.0}
+    cfg = TrainConfig(str(tiny), str(out), weights=weights, reset_head=True, epochs=2, **rates)
+    cfg = dataclasses.replace(cfg, batch_size=8, image_size=64, workers=0, progress=False)
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=stop)
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "(new classifier x5, pretrained layers x0.05)" in first, first
+    assert torch.load(out / STATE_FILE, weights_only=False)["progress"]["step"] == 2
+
+    resume = ["train", str(tiny), "--out", str(out), "--resume", "--no-progress"]
+    code, err = run_cli(resume, capsys)
+    assert code == 0, err
+    resumed = err.splitlines()[0]
+    assert "(new classifier x5, pretrained layers x0.05)" in resumed, resumed
+    assert resumed.endswith("; new classifier"), resumed
+    state = torch.load(out / STATE_FILE, weights_only=False)
+    assert state["progress"]["step"] == 8 and state["config"]["new_classifier"] is True
+    head, rest = state["optimizer"]["param_groups"]
+    assert len(head["params"]) == 2  # conv10's weight and bias
+    assert (head["lr_scale"], rest["lr_scale"]) == (5.0, 0.05)
+    assert head["lr"] == pytest.approx(100 * rest["lr"])  # the rates of the last step

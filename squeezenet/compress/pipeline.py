@@ -49,7 +49,7 @@ from .search import (
     sensitivities,
     shrink_layer,
     smallest_file,
-)  # fmt: skip
+)
 
 METHODS = ("auto", "obs", "magnitude")
 
@@ -182,11 +182,17 @@ def prune_model(model: nn.Module, densities: dict, cache: Cache | None, options:
         prune(model, step)
         if cache is not None:
             distill(
-                model, cache, epochs=options.prune_epochs, lr=options.prune_lr,
-                temperature=options.temperature, label_weight=options.label_weight,
-                batch_size=options.batch_size, seed=options.seed + i,
-                progress=options.progress, desc=f"pruning step {i}/{len(steps)}",
-            )  # fmt: skip
+                model,
+                cache,
+                epochs=options.prune_epochs,
+                lr=options.prune_lr,
+                temperature=options.temperature,
+                label_weight=options.label_weight,
+                batch_size=options.batch_size,
+                seed=options.seed + i,
+                progress=options.progress,
+                desc=f"pruning step {i}/{len(steps)}",
+            )
     bake(model)
 
 
@@ -202,11 +208,17 @@ def quantize_model(
         quantize(model, bits)
     if cache is not None:
         distill(
-            model, cache, epochs=options.epochs, lr=options.lr,
-            temperature=options.temperature, label_weight=options.label_weight,
-            batch_size=options.batch_size, seed=options.seed,
-            progress=options.progress, desc=f"{bits}-bit centroids",
-        )  # fmt: skip
+            model,
+            cache,
+            epochs=options.epochs,
+            lr=options.lr,
+            temperature=options.temperature,
+            label_weight=options.label_weight,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            progress=options.progress,
+            desc=f"{bits}-bit centroids",
+        )
     books = codebooks(model)
     bake(model)
     return books
@@ -235,8 +247,9 @@ def _check_search(options: Options) -> None:
     if options.data is None:
         raise SqueezeNetError("a --target-bytes or --max-drop search needs images (--data)")
     if options.method != "obs":
-        raise SqueezeNetError("a --target-bytes or --max-drop search prunes with obs, not "
-                              f"{options.method}")  # fmt: skip
+        raise SqueezeNetError(
+            f"a --target-bytes or --max-drop search prunes with obs, not {options.method}"
+        )
     if options.max_drop is not None and options.max_drop < 0:
         raise SqueezeNetError(f"--max-drop must be at least 0 points, got {options.max_drop}")
     if not all(2 <= b <= 8 for b in options.search_bits):
@@ -272,8 +285,16 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
         report.before = _evaluate(teacher, options)
     if searching:
         report.results.append(_search(student, teacher, output, options, report, floor))
-        report.seconds = time.time() - start
-        return report
+    else:
+        report.results += _each_bit_width(student, teacher, output, options, densities)
+    report.seconds = time.time() - start
+    return report
+
+
+def _each_bit_width(
+    student: nn.Module, teacher: nn.Module, output: Path, options: Options, densities: dict
+) -> list[Result]:
+    """One file per bit width, from one pruned model (saved beside the output for --resume)."""
     fine_tuning = options.epochs or (options.method == "magnitude" and options.prune_epochs)
     count = options.images if fine_tuning else 0
     if options.method == "obs":
@@ -281,9 +302,13 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
     cache = None
     if options.data is not None and count:
         cache = cache_images(
-            options.data, teacher, count, seed=options.seed,
-            batch_size=options.batch_size, progress=options.progress,
-        )  # fmt: skip
+            options.data,
+            teacher,
+            count,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
     checkpoint = output.with_suffix(".pruned.safetensors")
     roles = layer_roles(student)
     if options.resume and checkpoint.exists():
@@ -294,145 +319,206 @@ def compress(weights: str | Path, output: str | Path, options: Options) -> Repor
     ):
         prune_model(student, densities, cache, options)
         save_model(student, checkpoint)
+    results = []
     for bits, path in zip(options.bits, output_paths(output, options.bits), strict=True):
         model = copy.deepcopy(student)
         books = quantize_model(model, bits, cache, options, densities)
         state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         records = container.write(
-            path, state, _meta(student, options, bits), books,
-            dtype=options.dtype, gap_bits=options.gap_bits,
-        )  # fmt: skip
+            path,
+            state,
+            _meta(student, options, bits),
+            books,
+            dtype=options.dtype,
+            gap_bits=options.gap_bits,
+        )
         result = Result(bits, path, path.stat().st_size, records)
         if options.eval_data is not None:
             _log(options, f"evaluating {path}")
             result.accuracy = _evaluate(_load(path, options), options)
-        report.results.append(result)
-    report.seconds = time.time() - start
-    return report
+        results.append(result)
+    return results
+
+
+@dataclass
+class Attempt:
+    """A plan compressed for real: its candidate (measured on the held-out split) and file."""
+
+    candidate: Candidate
+    data: bytes  # the ``.sqz`` file
+    records: list[container.Record]
+
+    @property
+    def score(self) -> tuple:
+        """Higher is better: held-out top-1, then top-5, then the smaller file."""
+        accuracy = self.candidate.accuracy
+        return accuracy["top1"], accuracy["top5"], -self.candidate.size
 
 
 def _search(
-    student: nn.Module, teacher: nn.Module, output: Path, options: Options, report: Report,
+    student: nn.Module,
+    teacher: nn.Module,
+    output: Path,
+    options: Options,
+    report: Report,
     floor: int,
-) -> Result:  # fmt: skip
+) -> Result:
     """Per-layer bits and densities for the budget (see ``search``); writes ``output``."""
-    extra = options.images if options.epochs else 0  # fine-tuning images beyond calibration
-    cache = cache_images(
-        options.data, teacher, options.calibration + options.holdout + extra, seed=options.seed,
-        batch_size=options.batch_size, progress=options.progress,
-    )  # fmt: skip
-    if len(cache) <= options.calibration:
-        raise SqueezeNetError(
-            f"{options.data}: {len(cache)} images, fewer than --calibration "
-            f"{options.calibration} plus a held-out split"
-        )
-    # One seeded permutation: the first images calibrate, the last decide (held out), and
-    # fine-tuning sees all but the held-out ones.
-    split = len(cache) - min(options.holdout, len(cache) - options.calibration)
-    tune, decide = cache[:split], cache[split:]
-    calibration, held, labels = cache.images[: options.calibration], decide.images, decide.labels
-    if (labels < 0).any():  # no labels in the model's classes: agreement with the original
-        labels = decide.targets.float().argmax(1)
-    table = sensitivities(
-        student, calibration, bits=options.search_bits, densities=options.search_densities,
-        dtype=options.dtype, gap_bits=options.gap_bits, progress=options.progress,
-    )  # fmt: skip
-    knapsack = Knapsack(table)
-    overhead = floor - sum(next(o.nbytes for o in opts if o.choice == EMPTY)
-                           for opts in table.values())  # fmt: skip
-    meta, keys = _meta(student, options, None), list(student.state_dict())
-    search = Search(
-        options.target_bytes, options.max_drop, len(calibration),
-        heldout_accuracy(teacher, held, labels), overhead, knapsack.frontier(),
-    )  # fmt: skip
-    report.search = search
-
-    def attempt(choices: dict[str, Choice]) -> tuple[Candidate, bytes, list]:
-        planned, predicted = knapsack.cost(choices)
-        model = copy.deepcopy(student)
-        problems = apply_plan(model, calibration, choices, progress=options.progress)
-        data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
-        # over budget (the header, the layers' real inputs): prune the last layers further
-        for role in reversed(choices):
-            while options.target_bytes is not None and len(data) > options.target_bytes:
-                if choices[role].density == 0:
-                    break
-                choices[role] = shrink_layer(
-                    model, role, problems[role], choices[role], len(data) - options.target_bytes,
-                    options.dtype, options.gap_bits,
-                )  # fmt: skip
-                data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
-        if options.epochs:  # the centroids (and biases) against the original's outputs
-            distill(
-                model, tune, epochs=options.epochs, lr=options.lr,
-                temperature=options.temperature, label_weight=options.label_weight,
-                batch_size=options.batch_size, seed=options.seed,
-                progress=options.progress, desc="fine-tuning the centroids",
-            )  # fmt: skip
-            data, records = encode(model, keys, meta, options.dtype, options.gap_bits)
-        candidate = Candidate(choices, planned, predicted, len(data))
-        candidate.accuracy = heldout_accuracy(model, held, labels)
-        search.candidates.append(candidate)
-        _log(options, f"{len(data):,} bytes: held-out top-1 {candidate.accuracy['top1']:.2%}, "
-                      f"top-5 {candidate.accuracy['top5']:.2%}")  # fmt: skip
-        return candidate, data, records
-
+    trial = _Trial(student, teacher, options, floor)
+    report.search = trial.search
     if options.target_bytes is not None:
-        best = _most_accurate(table, knapsack, options.target_bytes - overhead, attempt)
+        best = _most_accurate(trial, options.target_bytes - trial.search.overhead)
     else:
-        best = _smallest_within(knapsack, floor - overhead, search, options, attempt)
-    search.chosen, data, records = best
-    atomic_write_bytes(output, data)
-    result = Result(None, output, len(data), records, choices=search.chosen.choices)
+        best = _smallest_within(trial, floor - trial.search.overhead, options)
+    trial.search.chosen = best.candidate
+    atomic_write_bytes(output, best.data)
+    result = Result(None, output, len(best.data), best.records, choices=best.candidate.choices)
     if options.eval_data is not None:
         _log(options, f"evaluating {output}")
         result.accuracy = _evaluate(_load(output, options), options)
     return result
 
 
-def _score(attempt_result) -> tuple:
-    candidate = attempt_result[0]
-    return candidate.accuracy["top1"], candidate.accuracy["top5"], -candidate.size
+class _Trial:
+    """What every attempt of a search shares: the images (calibration, fine-tuning, held out),
+    the measured sensitivities and their knapsack, and the ``Search`` record."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, options: Options, floor: int):
+        extra = options.images if options.epochs else 0  # fine-tuning images beyond calibration
+        cache = cache_images(
+            options.data,
+            teacher,
+            options.calibration + options.holdout + extra,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
+        if len(cache) <= options.calibration:
+            raise SqueezeNetError(
+                f"{options.data}: {len(cache)} images, fewer than --calibration "
+                f"{options.calibration} plus a held-out split"
+            )
+        # One seeded permutation: the first images calibrate, the last decide (held out), and
+        # fine-tuning sees all but the held-out ones.
+        split = len(cache) - min(options.holdout, len(cache) - options.calibration)
+        self.tune, decide = cache[:split], cache[split:]
+        self.calibration, self.held = cache.images[: options.calibration], decide.images
+        self.labels = decide.labels
+        if (self.labels < 0).any():  # no labels in the model's classes: agreement with it
+            self.labels = decide.targets.float().argmax(1)
+        self.table = sensitivities(
+            student,
+            self.calibration,
+            bits=options.search_bits,
+            densities=options.search_densities,
+            dtype=options.dtype,
+            gap_bits=options.gap_bits,
+            progress=options.progress,
+        )
+        self.knapsack = Knapsack(self.table)
+        empty = sum(
+            next(o.nbytes for o in opts if o.choice == EMPTY) for opts in self.table.values()
+        )
+        self.student, self.options = student, options
+        self.meta, self.keys = _meta(student, options, None), list(student.state_dict())
+        self.search = Search(
+            options.target_bytes,
+            options.max_drop,
+            len(self.calibration),
+            heldout_accuracy(teacher, self.held, self.labels),
+            floor - empty,
+            self.knapsack.frontier(),
+        )
+
+    def attempt(self, choices: dict[str, Choice]) -> Attempt:
+        """Compress the student by ``choices`` (pruned further if over the byte budget),
+        fine-tune the centroids if asked, and measure the file on the held-out split."""
+        options = self.options
+        planned, predicted = self.knapsack.cost(choices)
+        model = copy.deepcopy(self.student)
+        problems = apply_plan(model, self.calibration, choices, progress=options.progress)
+        data, records = self._encode(model)
+        # over budget (the header, the layers' real inputs): prune the last layers further
+        for role in reversed(choices):
+            while options.target_bytes is not None and len(data) > options.target_bytes:
+                if choices[role].density == 0:
+                    break
+                over = len(data) - options.target_bytes
+                choices[role] = shrink_layer(
+                    model,
+                    role,
+                    problems[role],
+                    choices[role],
+                    over,
+                    options.dtype,
+                    options.gap_bits,
+                )
+                data, records = self._encode(model)
+        if options.epochs:  # the centroids (and biases) against the original's outputs
+            distill(
+                model,
+                self.tune,
+                epochs=options.epochs,
+                lr=options.lr,
+                temperature=options.temperature,
+                label_weight=options.label_weight,
+                batch_size=options.batch_size,
+                seed=options.seed,
+                progress=options.progress,
+                desc="fine-tuning the centroids",
+            )
+            data, records = self._encode(model)
+        candidate = Candidate(choices, planned, predicted, len(data))
+        candidate.accuracy = accuracy = heldout_accuracy(model, self.held, self.labels)
+        self.search.candidates.append(candidate)
+        top1, top5 = accuracy["top1"], accuracy["top5"]
+        _log(options, f"{len(data):,} bytes: held-out top-1 {top1:.2%}, top-5 {top5:.2%}")
+        return Attempt(candidate, data, records)
+
+    def _encode(self, model: nn.Module) -> tuple[bytes, list[container.Record]]:
+        options = self.options
+        return encode(model, self.keys, self.meta, options.dtype, options.gap_bits)
 
 
-def _most_accurate(table, knapsack: Knapsack, budget: int, attempt):
+def _most_accurate(trial: _Trial, budget: int) -> Attempt:
     """The better on the held-out split of two plans within ``budget``: bits and densities
     per layer, and bits alone at each layer's own density (tried when its predicted error is
     within twice the first's). Every layer emptied when nothing else fits."""
+    table, knapsack = trial.table, trial.knapsack
     own = {role: options[0].choice.density for role, options in table.items()}
     bits_only = Knapsack(table, allowed=lambda role, c: c.density in (own[role], 0.0))
     plans = [p for p in (knapsack.plan(budget), bits_only.plan(budget)) if p is not None]
     plans = plans or [dict.fromkeys(table, EMPTY)]  # rounding to UNIT left no other plan
     predicted = [knapsack.cost(p)[1] for p in plans]
-    tried = []
+    tried: list[Attempt] = []
     for plan, error in zip(plans, predicted, strict=True):
-        if plan not in [t[0].choices for t in tried] and error <= 2 * min(predicted):
-            tried.append(attempt(dict(plan)))
-    return max(tried, key=_score)
+        if plan not in [t.candidate.choices for t in tried] and error <= 2 * min(predicted):
+            tried.append(trial.attempt(dict(plan)))
+    return max(tried, key=lambda t: t.score)
 
 
-def _smallest_within(knapsack: Knapsack, smallest: int, search: Search, options: Options, attempt):
+def _smallest_within(trial: _Trial, smallest: int, options: Options) -> Attempt:
     """Bisection over the budget (geometric, between an eighth of the least-error plan's bytes
     and those bytes) for the smallest file whose held-out top-1 and top-5 are within
     ``max_drop`` points of the original's; the least-error plan if none is."""
-    reference = search.holdout
+    reference, knapsack = trial.search.holdout, trial.knapsack
 
-    def within(result) -> bool:
-        accuracy = result[0].accuracy
+    def within(attempt: Attempt) -> bool:
+        accuracy = attempt.candidate.accuracy
         return all(100 * (reference[k] - accuracy[k]) <= options.max_drop for k in ("top1", "top5"))
 
     top = knapsack.largest()
     low, high, best = max(smallest, top // 8), top, None
     for _ in range(options.search_steps):
         middle = int((low * high) ** 0.5)
-        result = attempt(knapsack.plan(middle) or dict.fromkeys(knapsack.table, EMPTY))
-        if within(result):
-            high, best = middle, result
+        attempt = trial.attempt(knapsack.plan(middle) or dict.fromkeys(knapsack.table, EMPTY))
+        if within(attempt):
+            high, best = middle, attempt
         else:
             low = middle
     if best is None:
-        best = attempt(knapsack.plan(top))
+        best = trial.attempt(knapsack.plan(top))
         if not within(best):
-            _log(options, f"no file is within {options.max_drop} points on the held-out split; "
-                          "writing the most accurate")  # fmt: skip
+            message = f"no file is within {options.max_drop} points on the held-out split"
+            _log(options, f"{message}; writing the most accurate")
     return best

@@ -91,5 +91,9 @@ def load_state(run_dir: Path) -> dict:
         raise SqueezeNetError(f"{path}: damaged training state ({reason})") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise SqueezeNetError(f"{path}: not a training state written by this version")
-    state["config"].setdefault("new_head_lr", 1.0)  # older states: a new classifier moved at lr
+    saved = state["config"]
+    saved.setdefault("optimizer", "sgd")  # states saved before AdamW was a choice
+    saved.setdefault("new_head_lr", 1.0)  # older states: a new classifier moved at lr
+    # Older states did not keep the decision; their optimizer state keeps the head's rate.
+    saved.setdefault("new_classifier", False)
     return state

@@ -24,9 +24,10 @@ from ..io import atomic_write_bytes
 from ..models import build_model
 from ..models.stats import model_stats
 from .checkpoint import STATE_FILE
+from .config import RECIPE_FIELDS, TrainConfig
 from .plots import plot_compare
 from .recipes import scratch_recipe
-from .train import RECIPE_FIELDS, TrainConfig, train
+from .train import train
 
 COLUMNS = {  # key -> (Markdown header, format)
     "arch": ("arch", "{}"),

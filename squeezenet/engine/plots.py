@@ -56,8 +56,8 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Non
             for j in range(n):
                 if confusion[i, j]:
                     color = "white" if rates[i, j] > 0.5 else "black"
-                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                            color=color)  # fmt: skip
+                    text = int(confusion[i, j])
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     ax.set(xlabel="predicted", ylabel="true", title="validation confusion (counts, row-normalised)")
     fig.tight_layout()
     _save(fig, path)

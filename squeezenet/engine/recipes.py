@@ -43,8 +43,8 @@ class Recipe:
 # Plain SqueezeNet (no BatchNorm) has ReLU on its logits: with conv10's biases at 0 (torchvision's
 # init) its maps died at any useful rate and the loss stayed at ln(classes) for good. With the
 # biases at 1 (models/squeezenet.py, CONV10_BIAS) it trains, but under SGD conv10 moves ~100x
-# faster relative to its weights than the layers below it (|g|/|w| at init: 9.8 against
-# 0.006-0.09); AdamW scales each weight's step and learns faster.
+# faster relative to its weights than the layers below it; AdamW scales each weight's step and
+# learns faster (at 0.005 it went back to chance: hence 0.002).
 _PLAIN_SQUEEZENET = Recipe(
     epochs=30,
     batch_size=64,
@@ -53,11 +53,7 @@ _PLAIN_SQUEEZENET = Recipe(
     min_scale=0.25,
     weight_decay=0.05,
     optimizer="adamw",
-    source="measured on Imagenette train (10 classes, 20% held out), 128 px, the 20-epoch "
-    "schedule, held-out top-1 at epoch 6: SGD at 0.01, batch 128 (torchvision's reference rate) "
-    "37.2%, at 0.02 31.5%, at 0.04 23.1%; AdamW (weight decay 0.05) at 0.002, batch 128 40.2% "
-    "(59.8% after 20 epochs), at 0.005 back to chance in epoch 3; batch 64 at 0.002 43.8%, batch "
-    "32 35.1%",
+    source="benchmarks/RESULTS.md, Training (Imagenette, 20% held out, SGD and AdamW rates)",
 )
 _BN_SQUEEZENET = Recipe(
     epochs=30,
@@ -67,13 +63,7 @@ _BN_SQUEEZENET = Recipe(
     min_scale=0.35,
     weight_decay=0.05,
     optimizer="adamw",
-    source="measured: squeezenet1_1_bn at lr 0.08, batch 128, 5% warm-up, linear decay reached "
-    "75.8% on Imagenette in 10 epochs at 128 px (issue 10's CPU probe); then on Imagenette train "
-    "(20% held out), 10 epochs at 128 px, cosine, label smoothing 0.1: SGD, batch 128 at 0.08 "
-    "with crops of 25-100% 69.17%, batch 64 at 0.04 with crops of 35-100% 70.96%; AdamW "
-    "(weight decay 0.05), batch 64 at 0.002 72.02% (73.18% at epoch 9 against 71.2%), at 0.004 "
-    "70.96%; those crops came from the first cache's 146-px squares, and from the whole 224-px "
-    "photos this recipe reached 74.55%",
+    source="benchmarks/RESULTS.md, Training (Imagenette, 20% held out, SGD and AdamW rates)",
 )
 _BASELINE = Recipe(
     epochs=30,
@@ -81,9 +71,7 @@ _BASELINE = Recipe(
     lr=0.04,
     warmup=0.05,
     min_scale=0.25,
-    source="measured on Imagenette (H100, 112 px, batch 128): lr 0.04 reached 71.5% (AlexNet) "
-    "and 75.1% (ZFNet) in 22 epochs, lr 0.005 (torchvision's 0.01 at batch 256) only 44% / 34% "
-    "in 14",
+    source="benchmarks/RESULTS.md, Training (Imagenette on an H100, lr 0.04 against 0.005)",
 )
 
 SCRATCH: dict[str, Recipe] = {
@@ -103,9 +91,8 @@ SCRATCH: dict[str, Recipe] = {
 # data like the pretraining data, any rate near the original training's (0.005 at batch 64 for
 # v1.1) first undoes what the weights knew, and the run only climbs back as the rate decays.
 FINETUNE_STEPS = 450
-# A classifier learned from nothing was still climbing when 450 steps ended: held-out 93.19%,
-# 93.82%, 94.24%, 94.35% over 4 epochs of 118 steps (E7 in benchmarks/RESULTS.md), while kept
-# rows were flat after the first epoch (E6). So a new classifier gets twice the steps.
+# A classifier learned from nothing still climbs when 450 steps end, while kept rows are flat
+# after the first epoch: a new classifier gets twice the steps, and x5 the rate (new_head_lr).
 NEW_HEAD_STEPS = 2
 FINETUNE = Recipe(
     epochs=0,  # from FINETUNE_STEPS and the data (finetune_recipe)
@@ -117,11 +104,7 @@ FINETUNE = Recipe(
     weight_decay=5e-5,
     backbone_lr=0.05,
     new_head_lr=5.0,
-    source="measured on 80% of Imagenette train, 20% held out, v1.1's ImageNet weights, 4 "
-    "epochs (benchmarks/RESULTS.md): rows kept, 95.62% at the start; classifier 0.01, the rest "
-    "x0.1, label smoothing 0.1: 94.46% after epoch 1, 95.20% at the end; 0.005 everywhere: "
-    "89.12% after epoch 1; this recipe: 95.25%, then 95.46%. A new classifier at 0.002 was "
-    "still climbing after 4 epochs (93.19% to 94.24%), hence x5 for a new one",
+    source="benchmarks/RESULTS.md, Training (v1.1's ImageNet weights fine-tuned on Imagenette)",
 )
 
 
