@@ -19,7 +19,7 @@ def export(model: torch.nn.Module, path, exporter: str, shape=(1, 3, 8, 8)) -> N
     that wrote most ONNX files found elsewhere (e.g. the ONNX model zoo's)."""
     x = (torch.zeros(shape),)
     if exporter == "dynamo":
-        torch.onnx.export(model.eval(), x, str(path), dynamo=True, verbose=False)
+        torch.onnx.export(model.eval(), x, path, dynamo=True, external_data=False, verbose=False)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

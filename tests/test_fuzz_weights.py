@@ -60,7 +60,8 @@ def written(model: torch.nn.Module, tmp: Path, name: str) -> bytes:
 
 
 def exported_onnx(model: torch.nn.Module, path: Path) -> bytes:
-    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), path, dynamo=True, verbose=False)
+    x = (torch.zeros(1, 3, 224, 224),)
+    torch.onnx.export(model, x, path, dynamo=True, external_data=False, verbose=False)
     return path.read_bytes()
 
 

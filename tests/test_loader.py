@@ -139,7 +139,8 @@ def test_truncated_files_of_every_writable_format(tmp_path, suffix):
     model = random_model("squeezenet1_0_chainer" if suffix == ".npz" else "squeezenet1_0")
     path = tmp_path / f"m{suffix}"
     if suffix == ".onnx":
-        torch.onnx.export(model, (torch.zeros(1, 3, 227, 227),), path, dynamo=True, verbose=False)
+        x = (torch.zeros(1, 3, 227, 227),)  # the weights inside the file, not beside it
+        torch.onnx.export(model, x, path, dynamo=True, external_data=False, verbose=False)
     else:
         squeezenet.save_model(model, path)
     data = path.read_bytes()
