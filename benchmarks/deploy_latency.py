@@ -1,11 +1,12 @@
 """Latency of the deploy files against eager PyTorch: eager vs .pt2 vs .onnx, batch 1 and 20.
 
 Each file is run by its own runtime as a user elsewhere would run it: the .pt2 by
-``torch.export.load(path).module()``, the .onnx by a default ``onnxruntime.InferenceSession``.
+``torch.export.load(path).module()``, the .onnx by an ``onnxruntime.InferenceSession`` with
+default options but PyTorch's thread count and sleeping idle threads.
 The runtimes take turns ``--rounds`` times per batch size (after a warm-up), on random input of
 the model's size; the medians are printed in milliseconds, with the file sizes.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/deploy_latency.py [--rounds 10]
+    PYTHONPATH=. .venv/bin/python benchmarks/deploy_latency.py [--rounds 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ def runners(model: torch.nn.Module, folder: Path) -> tuple[dict, dict[str, int]]
     export(model, folder / "m.pt2", "pt2")
     export(model, folder / "m.onnx", "onnx", dynamic_batch=True)
     program = torch.export.load(folder / "m.pt2").module()
-    session = ort.InferenceSession(str(folder / "m.onnx"), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    # idle threads sleep: spinning ones would take the CPU from the runtime whose turn is next
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        str(folder / "m.onnx"), options, providers=["CPUExecutionProvider"]
+    )
 
     def eager(x: torch.Tensor) -> None:
         with torch.inference_mode():
@@ -66,7 +73,9 @@ def runners(model: torch.nn.Module, folder: Path) -> tuple[dict, dict[str, int]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="for PyTorch and ONNX Runtime")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # one: two OpenMP threads stall on a busy shared machine
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {threads} torch threads")
     print("| model | batch | eager ms | pt2 ms | onnxruntime ms |")
