@@ -21,8 +21,8 @@ from ...errors import FormatError, SqueezeNetError
 from ...io import atomic_write_bytes
 from .pt2 import exported_program
 
-# The exporter's own opset is 18 (older ones go through a version converter); ONNX Runtime has
-# run it since 1.14, and its int8 QDQ quantizer needs 13 for per-channel weights.
+# The exporter translates at opset 18 and converts the graph to any other version afterwards; at
+# 18 nothing is converted. ONNX Runtime runs it since 1.14; its int8 QDQ quantizer needs 13.
 OPSET = 18
 INPUT, OUTPUT = "input", "logits"
 SUFFIXES = (".onnx",)
