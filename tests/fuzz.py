@@ -10,10 +10,12 @@ appends the counts of outcomes per target and kind of input to FILE (tab-separat
 
 from __future__ import annotations
 
+import io
 import os
 import resource
 import signal
 import struct
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -98,10 +100,12 @@ def report() -> None:
 class Damage:
     """One reproducible change to a file, short to print: ``Damage('bitflip', ((12, 3),))``."""
 
-    kind: str  # truncate, bitflip, absurd-int, delete, random
+    kind: str  # truncate, bitflip, absurd-int, delete, random; member (inside a zip)
     edits: tuple = ()
 
     def apply(self, seed: bytes) -> bytes:
+        if self.kind == "member":
+            return rezip(seed, *self.edits)
         if self.kind == "truncate":
             return seed[: self.edits[0]]
         if self.kind == "random":
@@ -145,6 +149,29 @@ def damages(draw, size: int, head: int = 4096) -> Damage:
     if kind == "delete":
         return Damage(kind, (position(), draw(st.integers(1, 64))))
     return Damage(kind, (draw(st.binary(max_size=4096)),))
+
+
+def rezip(seed: bytes, member: str, damage: Damage) -> bytes:
+    """The zip ``seed`` with ``damage`` done to the member whose name ends with ``member``, its
+    CRC made right again: a valid archive with damaged content (a .pt2's JSON tables and
+    graph), for the reader behind the zip layer."""
+    source, out = zipfile.ZipFile(io.BytesIO(seed)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            target.writestr(
+                item, damage.apply(content) if item.filename.endswith(member) else content
+            )
+    return out.getvalue()
+
+
+@st.composite
+def member_damages(draw, seed: bytes, members: tuple[str, ...]) -> Damage:
+    """Damage (as ``damages``) to one of the zip members named by the ends of their names."""
+    member = draw(st.sampled_from(members))
+    names = zipfile.ZipFile(io.BytesIO(seed)).namelist()
+    size = zipfile.ZipFile(io.BytesIO(seed)).getinfo(next(n for n in names if n.endswith(member)))
+    return Damage("member", (member, draw(damages(size.file_size))))
 
 
 def sweep(size: int, count: int = 24) -> Iterator[Damage]:

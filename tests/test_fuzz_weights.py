@@ -2,8 +2,9 @@
 
 Seeds are the real files from ../shared (Deep Compression, ncnn, Chainer, the Caffe prototxt)
 and files written from the real v1.0/v1.1 weights by this package's writers (Caffe, torchvision,
-safetensors, .sqz) or by ``torch.onnx.export``. Each input must load or end in a FormatError
-(a SqueezeNetError) naming the file, in bounded time and memory; truncations must fail.
+safetensors, .sqz), by ``torch.onnx.export`` or by the .pt2 target (``torch.export.save``). Each
+input must load or end in a FormatError (a SqueezeNetError) naming the file, in bounded time and
+memory; truncations must fail.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +19,18 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_path
-from fuzz import FUZZ, Damage, check, damages, report, sweep
+from fuzz import FUZZ, Damage, check, damages, member_damages, report, sweep
 from hypothesis import given
 from hypothesis import strategies as st
 
 import squeezenet
+from squeezenet.inference.export import export
 from squeezenet.weights.formats import (
     caffe,
     chainer,
     deep_compression,
     ncnn,
+    pt2,
     safetensors,
     sqz,
     torchvision,
@@ -58,9 +60,13 @@ def written(model: torch.nn.Module, tmp: Path, name: str) -> bytes:
 
 
 def exported_onnx(model: torch.nn.Module, path: Path) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), path, dynamo=False)
+    x = (torch.zeros(1, 3, 224, 224),)
+    torch.onnx.export(model, x, path, dynamo=True, external_data=False, verbose=False)
+    return path.read_bytes()
+
+
+def exported_pt2(model: torch.nn.Module, path: Path) -> bytes:
+    export(model, path, "pt2")
     return path.read_bytes()
 
 
@@ -95,6 +101,7 @@ def build_targets(tmp: Path) -> dict[str, Target]:
         ),
         "torchvision": Target({"v11.pth": written(v11, tmp, "v11.pth")}, torchvision.read),
         "onnx": Target({"v11.onnx": exported_onnx(v11, tmp / "v11.onnx")}, onnx_format.read),
+        "pt2": Target({"v11.pt2": exported_pt2(v11, tmp / "v11.pt2")}, pt2.read),
         "safetensors": Target(
             {"v11.safetensors": written(v11, tmp, "v11.safetensors")}, safetensors.read
         ),
@@ -128,7 +135,7 @@ def workdir(tmp_path_factory) -> Path:
 
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
-    "safetensors", "sqz",
+    "pt2", "safetensors", "sqz",
 ]  # fmt: skip
 
 
@@ -163,6 +170,21 @@ def test_readers_survive_random_damage(workdir, name, data):
     which = data.draw(st.sampled_from(list(files)), label="file")
     damage = data.draw(damages(len(files[which])), label="damage")
     try_input(name, workdir, which, damage, damage.kind)
+
+
+PT2_MEMBERS = (
+    "models/model.json", "data/weights/model_weights_config.json",
+    "data/constants/model_constants_config.json", "extra/squeezenet.json",
+)  # fmt: skip
+"""The .pt2 members torch.export.load parses; damage elsewhere in the zip fails its CRCs."""
+
+
+@FUZZ
+@given(data=st.data())
+def test_pt2_survives_damage_inside_its_zip(workdir, data):
+    seed = targets()["pt2"].files["v11.pt2"]
+    damage = data.draw(member_damages(seed, PT2_MEMBERS), label="damage")
+    try_input("pt2", workdir, "v11.pt2", damage, f"member-{damage.edits[1].kind}")
 
 
 @pytest.mark.parametrize("name", TARGET_NAMES)

@@ -143,7 +143,8 @@ def test_truncated_files_of_every_writable_format(tmp_path, suffix):
         model.weights_info.model_kwargs["classifier_padding"] = 1
     path = tmp_path / f"m{suffix}"
     if suffix == ".onnx":
-        torch.onnx.export(model, torch.zeros(1, 3, 227, 227), path, dynamo=False)
+        x = (torch.zeros(1, 3, 227, 227),)  # the weights inside the file, not beside it
+        torch.onnx.export(model, x, path, dynamo=True, external_data=False, verbose=False)
     else:
         squeezenet.save_model(model, path)
     data = path.read_bytes()

@@ -39,7 +39,7 @@ def run_export(args: argparse.Namespace) -> None:
     export(model, args.output, args.format, **options)
     info = model.weights_info
     size = info.preprocess.crop
-    batch = "N" if args.dynamic_batch else "1"
+    batch = "N" if args.dynamic_batch or args.format == "pt2" else "1"  # pt2: always any batch
     print(
         f"{args.output}: {info.arch} as {args.format}, input ({batch}, 3, {size}, {size}) "
         f"after {info.preprocess.name} preprocessing"

@@ -36,7 +36,7 @@ from .export.onnx import INPUT, onnx_model, set_meta
 CALIBRATION_BATCH = 10
 NUM_IMAGES = 300
 METHODS = {"percentile": ortq.CalibrationMethod.Percentile, "minmax": ortq.CalibrationMethod.MinMax}
-FP32_OPS = ("GlobalAveragePool", "Flatten")
+FP32_OPS = ("GlobalAveragePool", "Flatten", "ReduceMean", "Reshape")  # the pooled logits
 
 
 def calibration_images(

@@ -73,6 +73,9 @@ def _load_model(
     reader = formats.get(name)
     # 3. Read.
     contents = reader.load(path, Hints(prototxt=Path(prototxt) if prototxt else None))
+    if contents.module is not None:  # a program that runs as it is: nothing to build
+        meta = {**contents.meta, **({"preprocess": preprocess} if preprocess else {})}
+        return _with_info(contents.module, meta, path, digest, name, entry)
     # 4. The model, as the file describes it; a registered entry and the caller have the last word.
     meta = describe(contents)
     if entry is not None:
@@ -84,6 +87,13 @@ def _load_model(
     model = build(meta)
     # 5. The weights.
     assign(model, contents, meta["arch"], str(path))
+    return _with_info(model, meta, path, digest, name, entry)
+
+
+def _with_info(
+    model: nn.Module, meta: dict, path: Path, digest: str, name: str, entry: WeightsEntry | None
+) -> nn.Module:
+    """``model`` in eval mode with its ``weights_info`` (the metadata and where it came from)."""
     model.eval()
     model.weights_info = WeightsInfo.from_meta(
         meta,

@@ -7,9 +7,10 @@ with the right preprocessing by ONNX Runtime alone (see ``backends.OnnxModel``).
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -18,10 +19,11 @@ from torch import nn
 
 from ...errors import FormatError, SqueezeNetError
 from ...io import atomic_write_bytes
-from ..fold import fold_batch_norm
-from . import input_shape
+from .pt2 import exported_program
 
-OPSET = 17
+# The exporter translates at opset 18 and converts the graph to any other version afterwards; at
+# 18 nothing is converted. ONNX Runtime runs it since 1.14; its int8 QDQ quantizer needs 13.
+OPSET = 18
 INPUT, OUTPUT = "input", "logits"
 SUFFIXES = (".onnx",)
 
@@ -31,23 +33,46 @@ def onnx_model(
 ) -> onnx.ModelProto:
     """The model as an ONNX graph (input ``input``, output ``logits``) with its metadata.
 
-    Uses the TorchScript-based exporter (``dynamo=False``), which needs no onnxscript. Fire
-    BatchNorms are folded into the convolutions first (``fold.fold_batch_norm``).
+    The torch.export program of the pt2 target (Fire BatchNorms folded) is translated by the
+    torch.export-based exporter (onnxscript). Each node's debug metadata (stack traces with
+    this machine's paths, FX node names) is dropped: it only made the file larger.
     """
-    model = fold_batch_norm(model)
-    x = torch.zeros(1, *input_shape(model, example))
-    buffer = io.BytesIO()
-    axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning
-        torch.onnx.export(
-            model, (x,), buffer, dynamo=False, opset_version=OPSET,
-            input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=axes,
+    program = exported_program(model, example, dynamic_batch=dynamic_batch)
+    with _quiet("torch.onnx"), torch.no_grad():
+        exported = torch.onnx.export(
+            program, dynamo=True, opset_version=OPSET, input_names=[INPUT],
+            output_names=[OUTPUT], verbose=False,
         )  # fmt: skip
-    proto = onnx.load_from_string(buffer.getvalue())
+    proto = exported.model_proto
+    graph = proto.graph
+    for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        del item.metadata_props[:]
+    _name_batch(graph)
     if hasattr(model, "weights_info"):
         set_meta(proto, model.weights_info.to_meta())
     return proto
+
+
+def _name_batch(graph: onnx.GraphProto) -> None:
+    """Call the dynamic batch dimension ``batch`` (torch.export names it after a symbol)."""
+    symbol = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if symbol:
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param == symbol:
+                    dim.dim_param = "batch"
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence logger ``name``: the exporter logs each torchvision op it cannot register."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)  # its child loggers inherit the level
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def set_meta(proto: onnx.ModelProto, meta: dict) -> None:

@@ -16,6 +16,7 @@ list of layers in data-flow order (``layers``, assigned to the model by position
     #       ("fire2/squeeze1x1", {...}), ...,
     #       ("fire2/bn4", {"weight", "bias", "running_mean", "running_var"}), ...]
 
+or, for a program that runs as it is (``pt2``), the module itself (``module``),
 plus ``meta``: what the file says about the model, in ``WeightsInfo.to_meta`` keys (``arch``,
 ``model_kwargs``, ``num_classes``, ``preprocess`` as a dict or a preset name, ``classes``...).
 The loader (``squeezenet.weights.load``) infers what is missing from the arrays. Parameter names
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from torch import nn
 
 from ...errors import FormatError
 
@@ -44,6 +46,7 @@ FORMATS = (
     "deep_compression",
     "caffe",
     "onnx",
+    "pt2",
     "torchvision",
     "chainer",
 )
@@ -68,6 +71,7 @@ class Contents:
     state: dict[str, np.ndarray] | None = None
     layers: Layers | None = None
     meta: dict = field(default_factory=dict)
+    module: nn.Module | None = None  # a program that runs as it is (.pt2): nothing to build
 
 
 def get(name: str) -> ModuleType:
