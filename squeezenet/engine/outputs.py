@@ -40,6 +40,7 @@ def describe(setup: Setup, model: nn.Module) -> str:
         + f", {cfg.schedule}, {cfg.image_size}px, {procs.device}"
         + (" bf16" if cfg.bf16 else "")
         + (f"; {head}" if head else "")
+        + (f"; {setup.sizing}" if setup.sizing else "")
         + split
     )
 
