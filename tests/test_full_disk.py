@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from squeezenet.cli import main
+from squeezenet.data.cache import CacheUnavailable, cached_pixels, train_pixels
 from squeezenet.weights.formats import safetensors
 
 NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
@@ -235,3 +236,60 @@ def test_training_into_a_read_only_folder_is_one_line_before_any_work(
         capsys, ["train", shapes, *TRAIN, "--out", out], read_only, "Read-only file system"
     )
     assert f"{out}: cannot write" in err and "nothing saved yet" in err, err
+
+
+# --- the decoded-image cache ----------------------------------------------------------------
+
+
+def test_training_with_no_room_for_the_image_cache_decodes_instead_and_says_so_once(
+    shapes, uninterrupted, tmp_path, capsys, monkeypatch
+):
+    """SQUEEZENET_HOME on a 64 kB disk: the first images fill it as they are cached. The run
+    warns once, naming the cache folder, and trains to the weights of a run that had a cache;
+    no part of the cache is left behind."""
+    home = tmp_path / "home"
+    mount_tmpfs(home, "64k")
+    try:
+        monkeypatch.setenv("SQUEEZENET_HOME", str(home))
+        out = tmp_path / "run"
+        assert main(["train", str(shapes), *TRAIN, "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+        cache = [line for line in warnings if "cache" in line]
+        assert len(cache) == 1, err
+        assert cache[0] == (
+            f"warning: {home / 'cache'}: the disk filled up while the decoded-image cache was "
+            "built; the run goes on without it, decoding the images every epoch"
+        )
+        assert not list((home / "cache").iterdir())
+        for weights in ("best.safetensors", "last.safetensors"):
+            got, want = tensors(out / weights), tensors(uninterrupted / weights)
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=f"{weights} {k}")
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_the_image_cache_checks_the_space_for_the_rest_after_its_first_images(
+    tmp_path, monkeypatch
+):
+    """40 images of 3 kB: the first 32 fit on a 112 kB disk, the estimate for the other 8 does
+    not; nothing is left behind."""
+    from conftest import coloured_shapes
+
+    home = tmp_path / "home"
+    mount_tmpfs(home, "112k")
+    try:
+        monkeypatch.setenv("SQUEEZENET_HOME", str(home))
+        data = coloured_shapes(tmp_path / "data", classes=2, per_class=20, side=32)
+        files = sorted(data.rglob("*.png"))
+        with pytest.raises(CacheUnavailable) as error:
+            cached_pixels(files, 32, train_pixels(32), "train", progress=False)
+        assert str(error.value).startswith(
+            f"{home / 'cache'}: the decoded-image cache needs about 0.0 MB more"
+        )
+        assert not list((home / "cache").iterdir())
+        cache = cached_pixels(files[:32], 32, train_pixels(32), "train", progress=False)
+        assert cache.pixels(31).shape == (32, 32, 3)  # 32 of them fit
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)

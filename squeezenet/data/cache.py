@@ -14,6 +14,7 @@ or built the cache, which ``squeezenet cache`` lists and clears by.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -211,7 +212,8 @@ def _write_cache(files, pixels, draft, data: Path, done: Path, workers: int, pro
         try:
             bad = _decode_into(out, index, files, pixels, draft, workers, progress)
         except BaseException:  # a build cut short is of no use to anyone
-            out.close()  # Windows deletes no open file
+            with contextlib.suppress(OSError):  # flushing to a full disk fails, yet it closes
+                out.close()  # Windows deletes no open file
             tmp.unlink()
             raise
         length = out.tell() - HEADER_BYTES
