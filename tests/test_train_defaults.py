@@ -608,3 +608,19 @@ def test_a_folder_smaller_than_the_recipes_batch_trains_from_scratch_the_same_tw
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
+
+
+def test_resume_options_left_out_stay_open_for_the_saved_run(tmp_path):
+    """The CLI reads no state.pt: every run field not given stays None (the engine's
+    ``prepare`` reads the saved run once and fills them), even those with plain defaults."""
+    from squeezenet.cli import build_parser
+    from squeezenet.cli.train import config_from_args
+    from squeezenet.engine.config import PLAIN_DEFAULTS, RUN_FIELDS
+
+    argv = ["train", str(tmp_path), "--out", str(tmp_path / "no"), "--resume"]
+    cfg = config_from_args(build_parser().parse_args(argv))  # no state.pt there: none read
+    assert all(getattr(cfg, k) is None for k in RUN_FIELDS), cfg
+    assert set(PLAIN_DEFAULTS) <= set(RUN_FIELDS)
+    given = ["train", str(tmp_path), "--out", str(tmp_path / "no"), "--seed", "0", "--no-cache"]
+    cfg = config_from_args(build_parser().parse_args([*given, "--resume"]))
+    assert (cfg.seed, cfg.cache, cfg.reset_head) == (0, False, None)
