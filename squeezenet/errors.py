@@ -16,4 +16,9 @@ class OutputError(SqueezeNetError):
     """A file could not be written (no space, read-only, no permission, size limit).
 
     The file's earlier content, if any, is intact: every writer goes through ``io.atomic_output``.
+    ``path``, ``cause`` and ``errno`` say which file and why (``io.output_error``).
     """
+
+    def __init__(self, message: str, path: str = "", cause: str = "", errno: int | None = None):
+        super().__init__(message)
+        self.path, self.cause, self.errno = path, cause, errno

@@ -32,7 +32,13 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise output_error(path, e) from None
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OutputError as e:  # a writer that wrote ``tmp`` through atomic_output itself
+            if e.path != tmp:
+                raise
+            cause = e.cause
+            raise OutputError(f"{path}: cannot write: {cause}", str(path), cause, e.errno) from None
         with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -49,7 +55,21 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 def output_error(path: str | Path, error: OSError) -> OutputError:
     """``error`` as one line naming ``path`` and the cause (e.g. "No space left on device")."""
     cause = error.strerror or str(error) or type(error).__name__
-    return OutputError(f"{path}: cannot write: {cause}")
+    return OutputError(f"{path}: cannot write: {cause}", str(path), cause, error.errno)
+
+
+def writable_dir(path: str | Path) -> Path:
+    """``path`` as a folder this process can create files in (made if missing); OutputError
+    naming it and the cause otherwise, before any work is done that could not be saved."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise output_error(path, e) from None
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -46,3 +46,28 @@ def own_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SQUEEZENET_HOME", str(tmp_path_factory.mktemp("home")))
         yield
+
+
+def coloured_shapes(root: Path, classes: int = 3, per_class: int = 8, side: int = 48) -> Path:
+    """``root/<colour>/<i>.png``: a shape of one colour per class (disc, square, triangle) at a
+    random place on a random background, every image distinct; small real data to train on."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    colours = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 50, 200)}
+    for c, (name, colour) in enumerate(list(colours.items())[:classes]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            rng = random.Random(1000 * c + i)
+            image = Image.new("RGB", (side, side), tuple(rng.randrange(256) for _ in range(3)))
+            draw, s = ImageDraw.Draw(image), side // 2
+            x, y = rng.randrange(side - s), rng.randrange(side - s)
+            if c == 0:
+                draw.ellipse((x, y, x + s, y + s), fill=colour)
+            elif c == 1:
+                draw.rectangle((x, y, x + s, y + s), fill=colour)
+            else:
+                draw.polygon([(x, y + s), (x + s // 2, y), (x + s, y + s)], fill=colour)
+            image.save(root / name / f"{i}.png")
+    return root

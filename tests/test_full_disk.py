@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from squeezenet.cli import main
+from squeezenet.data.cache import CacheUnavailable, cached_pixels, train_pixels
+from squeezenet.weights.formats import safetensors
 
 NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
 OLD = b"the earlier file\n"
@@ -128,3 +132,164 @@ def test_predict_output_on_a_full_disk_keeps_its_lines_and_resumes(shared, tmp_p
         assert sorted(files) == sorted(map(str, photos))
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+# --- training -------------------------------------------------------------------------------
+
+TRAIN = ["--arch", "squeezenet1_1", "--epochs", "3", "--image-size", "64", "--seed", "1",
+         "--workers", "0", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """3 classes x 8 small images (20% held out: 2 steps of 8 per epoch)."""
+    from conftest import coloured_shapes
+
+    return coloured_shapes(tmp_path_factory.mktemp("shapes") / "data")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes, tmp_path_factory) -> Path:
+    """The run that never met a full disk."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert main(["train", str(shapes), *TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+def fill_before(monkeypatch, where: Path, name: str, nth: int) -> dict[str, bytes]:
+    """Fill ``where`` to the last byte just before the ``nth`` write of ``name`` starts (its
+    temporary file is made); returns the folder's files as they were at that moment."""
+    real, calls, before = tempfile.mkstemp, [], {}
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("prefix") == f".{name}." and len(calls) < nth:
+            calls.append(1)
+            if len(calls) == nth:
+                before.update({p.name: p.read_bytes() for p in where.iterdir() if p.is_file()})
+                free = os.statvfs(where).f_bavail * os.statvfs(where).f_frsize
+                with open(where / "filler", "wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, free)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return before
+
+
+def tensors(path: Path) -> dict[str, np.ndarray]:
+    return safetensors.read(path)[0]
+
+
+@pytest.mark.parametrize("name, nth, saved", [
+    ("metrics.jsonl", 2, "state.pt of epoch 1 is intact"),
+    ("curves.png", 2, "state.pt of epoch 1 is intact"),
+    ("best.safetensors", 1, "nothing saved yet"),  # epoch 1 writes it first
+    ("last.safetensors", 2, "state.pt of epoch 1 is intact"),
+    ("state.pt", 2, "state.pt of epoch 1 is intact"),
+    ("state.pt", 3, "state.pt of epoch 2 is intact"),
+    ("confusion.png", 1, "state.pt of epoch 3 is intact"),
+])  # fmt: skip
+def test_training_on_a_disk_that_fills_up_stops_in_one_line_and_resumes_to_the_same_weights(
+    shapes, uninterrupted, tmp_path, capsys, monkeypatch, name, nth, saved
+):
+    """The disk fills up as one of the run's files is written again: the run ends in one line
+    naming it, every file already there is left byte for byte, and once there is room again
+    --resume ends with the weights of a run that never met a full disk."""
+    where = tmp_path / "small"
+    mount_tmpfs(where, "64m")
+    try:
+        argv = ["train", str(shapes), *TRAIN, "--out", str(where)]
+        before = fill_before(monkeypatch, where, name, nth)
+        assert main(argv) == 2
+        monkeypatch.undo()
+        err = capsys.readouterr().err
+        assert before, f"{name} was not written {nth} times"
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and err.count("error:") == 1, err
+        assert last.startswith(f"squeezenet train: error: {where / name}: cannot write: No space")
+        if saved == "nothing saved yet":  # no state.pt: the same run again
+            assert last.endswith("; nothing saved yet: run it again once there is room"), last
+        else:
+            assert last.endswith(
+                f"; {saved}: 'squeezenet train ... --resume' continues once there is room"
+            ), last
+        now = {p.name: p.read_bytes() for p in where.iterdir() if p.is_file()}
+        assert now.pop("filler") and now == before  # nothing new, nothing changed
+        (where / "filler").unlink()
+        again = argv if saved == "nothing saved yet" else [*argv, "--resume"]
+        assert main(again) == 0, capsys.readouterr().err
+        for weights in ("best.safetensors", "last.safetensors"):
+            got, want = tensors(where / weights), tensors(uninterrupted / weights)
+            assert got.keys() == want.keys()
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=f"{weights} {k}")
+        assert (where / "confusion.png").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("inside", ["", "run"])
+def test_training_into_a_read_only_folder_is_one_line_before_any_work(
+    shapes, read_only, capsys, inside
+):
+    out = read_only / inside
+    err = fails_in_one_line(
+        capsys, ["train", shapes, *TRAIN, "--out", out], read_only, "Read-only file system"
+    )
+    assert f"{out}: cannot write" in err and "nothing saved yet" in err, err
+
+
+# --- the decoded-image cache ----------------------------------------------------------------
+
+
+def test_training_with_no_room_for_the_image_cache_decodes_instead_and_says_so_once(
+    shapes, uninterrupted, tmp_path, capsys, monkeypatch
+):
+    """SQUEEZENET_HOME on a 64 kB disk: the first images fill it as they are cached. The run
+    warns once, naming the cache folder, and trains to the weights of a run that had a cache;
+    no part of the cache is left behind."""
+    home = tmp_path / "home"
+    mount_tmpfs(home, "64k")
+    try:
+        monkeypatch.setenv("SQUEEZENET_HOME", str(home))
+        out = tmp_path / "run"
+        assert main(["train", str(shapes), *TRAIN, "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+        cache = [line for line in warnings if "cache" in line]
+        assert len(cache) == 1, err
+        assert cache[0] == (
+            f"warning: {home / 'cache'}: the disk filled up while the decoded-image cache was "
+            "built; the run goes on without it, decoding the images every epoch"
+        )
+        assert not list((home / "cache").iterdir())
+        for weights in ("best.safetensors", "last.safetensors"):
+            got, want = tensors(out / weights), tensors(uninterrupted / weights)
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=f"{weights} {k}")
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_the_image_cache_checks_the_space_for_the_rest_after_its_first_images(
+    tmp_path, monkeypatch
+):
+    """40 images of 3 kB: the first 32 fit on a 112 kB disk, the estimate for the other 8 does
+    not; nothing is left behind."""
+    from conftest import coloured_shapes
+
+    home = tmp_path / "home"
+    mount_tmpfs(home, "112k")
+    try:
+        monkeypatch.setenv("SQUEEZENET_HOME", str(home))
+        data = coloured_shapes(tmp_path / "data", classes=2, per_class=20, side=32)
+        files = sorted(data.rglob("*.png"))
+        with pytest.raises(CacheUnavailable) as error:
+            cached_pixels(files, 32, train_pixels(32), "train", progress=False)
+        assert str(error.value).startswith(
+            f"{home / 'cache'}: the decoded-image cache needs about 0.0 MB more"
+        )
+        assert not list((home / "cache").iterdir())
+        cache = cached_pixels(files[:32], 32, train_pixels(32), "train", progress=False)
+        assert cache.pixels(31).shape == (32, 32, 3)  # 32 of them fit
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)

@@ -24,6 +24,7 @@ from squeezenet.compress.distill import _dataset
 from squeezenet.data import cache as cache_module
 from squeezenet.data.cache import (
     CachedImages,
+    CacheUnavailable,
     being_built,
     cached_pixels,
     index_path,
@@ -131,7 +132,8 @@ def test_the_optimizer_is_the_recipes_or_the_flags(
 def test_another_optimizer_than_the_recipes_needs_its_own_rate(plain, tmp_path):
     """Plain squeezenet1_1's recipe is AdamW at 0.002: SGD needs a rate of its own."""
     cfg = TrainConfig(str(plain), str(tmp_path / "run"), optimizer="sgd")
-    with pytest.raises(SqueezeNetError, match=r"rate 0.002 \(batch 64\) is for adamw; give --lr"):
+    # the recipe sized to the folder's few dozen training images: batch 8, 0.002 x sqrt(8 / 64)
+    with pytest.raises(SqueezeNetError, match=r"rate 0.000707107 \(batch 8\) is for adamw; give"):
         Run(prepare(cfg, setup_processes("cpu"), resume=False))
 
 
@@ -309,11 +311,12 @@ def test_the_cache_changes_nothing_the_network_sees(plain):
         assert cache.pixels(i).shape == (height, width, 3)  # 224-px Imagenette: whole, as decoded
 
 
-def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_nothing(plain, monkeypatch):
+def test_a_disk_too_small_for_the_cache_is_said_and_leaves_nothing(plain, monkeypatch):
+    """CacheUnavailable: training goes on without the cache (tests/test_full_disk.py)."""
     files = sorted(plain.rglob("*.JPEG"))  # 48: the space is checked after the first 32
     usage = SimpleNamespace(total=10**9, used=10**9, free=1000)
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda _: usage)
-    with pytest.raises(SqueezeNetError, match=r"cache needs about 0 MB more and the disk has 0 MB"):
+    with pytest.raises(CacheUnavailable, match=r"cache needs about 0.\d MB more and the disk has"):
         cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     monkeypatch.undo()
 
@@ -321,7 +324,7 @@ def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_nothing(plain, mo
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache_module, "_decode_into", disk_full)
-    with pytest.raises(SqueezeNetError, match="the disk filled up .* or pass --no-cache$"):
+    with pytest.raises(CacheUnavailable, match="the disk filled up while the decoded-image cache"):
         cached_pixels(files, 40, train_pixels(40), "train", progress=False)
     assert list(cache_module.cache_dir().glob(".*.tmp")) == []
 
@@ -575,3 +578,49 @@ def test_compare_takes_a_plain_class_folder_tree(plain, tmp_path, capsys):
     [again] = json.loads((out / "compare.json").read_text())
     assert (again["top1"], again["train_min"]) == (row["top1"], row["train_min"])
     assert not (Path(os.environ["SQUEEZENET_HOME"]) / "cache").exists()
+
+
+def test_a_folder_smaller_than_the_recipes_batch_trains_from_scratch_the_same_twice(
+    tmp_path, capsys
+):
+    """3 classes x 20 images (48 to train on) with no recipe option: the batch of 64 becomes
+    8 (8 steps an epoch at most), the rate 0.002 x sqrt(8 / 64) (AdamW's rule), said in the
+    run's first line; two runs with one seed end with the same weights, bit for bit."""
+    from conftest import coloured_shapes
+
+    from squeezenet.weights.formats import safetensors
+
+    data = coloured_shapes(tmp_path / "data", per_class=20)
+    weights = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        argv = ["train", data, "--arch", "squeezenet1_1", "--epochs", "1", "--out", out,
+                "--image-size", "64", "--seed", "5", "--workers", "0", "--no-progress"]  # fmt: skip
+        assert main([str(a) for a in argv]) == 0
+        first = capsys.readouterr().err.splitlines()[0]
+        assert "48 images of 3 classes (6 steps/epoch x 1 epochs): global batch 8 = " in first
+        assert "adamw lr 0.000707107, " in first, first
+        assert "; the recipe's batch 64 sized to 48 images, lr 0.002 scaled by the square-root " \
+            "rule; " in first, first  # fmt: skip
+        weights.append(safetensors.read(out / "last.safetensors")[0])
+    first = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 6  # 48 images, batch 8
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
+
+
+def test_resume_options_left_out_stay_open_for_the_saved_run(tmp_path):
+    """The CLI reads no state.pt: every run field not given stays None (the engine's
+    ``prepare`` reads the saved run once and fills them), even those with plain defaults."""
+    from squeezenet.cli import build_parser
+    from squeezenet.cli.train import config_from_args
+    from squeezenet.engine.config import PLAIN_DEFAULTS, RUN_FIELDS
+
+    argv = ["train", str(tmp_path), "--out", str(tmp_path / "no"), "--resume"]
+    cfg = config_from_args(build_parser().parse_args(argv))  # no state.pt there: none read
+    assert all(getattr(cfg, k) is None for k in RUN_FIELDS), cfg
+    assert set(PLAIN_DEFAULTS) <= set(RUN_FIELDS)
+    given = ["train", str(tmp_path), "--out", str(tmp_path / "no"), "--seed", "0", "--no-cache"]
+    cfg = config_from_args(build_parser().parse_args([*given, "--resume"]))
+    assert (cfg.seed, cfg.cache, cfg.reset_head) == (0, False, None)

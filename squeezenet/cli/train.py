@@ -67,7 +67,9 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
         type=float_range(0, 1, open_lo=True, open_hi=True),
         help="share of each class held out when DATA has no train/ and val/ (0.2)",
     )
-    p.add_argument("--seed", type=seed, help="seed of weights init, data order, augmentation")
+    p.add_argument(
+        "--seed", type=seed, help="seed of weights init, data order, augmentation (default 0)"
+    )
     p.add_argument(
         "--no-cache",
         dest="cache",
@@ -132,9 +134,9 @@ def check_out(text: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace):
-    """A config from the options given; with --resume, the rest comes from the saved run."""
-    from ..engine.checkpoint import load_state
-    from ..engine.train import RUN_FIELDS, TrainConfig
+    """A config from the options given; the rest stays ``None`` for the engine to resolve
+    (from the saved run on --resume, else from the data, the weights and the recipe)."""
+    from ..engine.train import TrainConfig
 
     given = {
         f.name: getattr(args, f.name)
@@ -143,11 +145,7 @@ def config_from_args(args: argparse.Namespace):
     }
     if args.no_progress:
         given["progress"] = False
-    base = TrainConfig(data=args.data, out=args.out)
-    if getattr(args, "resume", False):
-        saved = load_state(args.out)["config"]
-        base = dataclasses.replace(base, **{k: saved[k] for k in RUN_FIELDS})
-    return dataclasses.replace(base, **given)
+    return TrainConfig(**given)
 
 
 def run_train(args: argparse.Namespace) -> None:

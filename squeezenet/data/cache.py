@@ -14,6 +14,7 @@ or built the cache, which ``squeezenet cache`` lists and clears by.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -30,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..errors import SqueezeNetError
+from ..errors import OutputError, SqueezeNetError
 from ..io import atomic_output, atomic_write_bytes
 from .datasets import ImageDataset, squeezenet_home
 from .transforms import crop_source, load_image
@@ -174,7 +175,33 @@ def cached_pixels(
     return cache
 
 
+class CacheUnavailable(SqueezeNetError):
+    """The cache cannot be built here (the disk is full or cannot be written); whoever asked
+    for it can go on decoding the images instead."""
+
+
 def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress: bool):
+    """Decode ``files`` into a new cache; CacheUnavailable, leaving nothing, where the disk is
+    too small or cannot be written."""
+    try:
+        return _write_cache(files, pixels, draft, data, done, workers, progress)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CacheUnavailable(
+                f"{data.parent}: the disk filled up while the decoded-image cache was built"
+            ) from None
+        raise CacheUnavailable(
+            f"{data.parent}: cannot write the decoded-image cache ({e.strerror or e})"
+        ) from None
+    except OutputError as e:  # the index or the completion mark: the rest is of no use
+        for part in (data.with_name(f".{data.name}.tmp"), data, index_path(data)):
+            remove(part)
+        raise CacheUnavailable(
+            f"{data.parent}: cannot write the decoded-image cache ({e.cause})"
+        ) from None
+
+
+def _write_cache(files, pixels, draft, data: Path, done: Path, workers: int, progress: bool):
     data.parent.mkdir(parents=True, exist_ok=True)
     tmp = data.with_name(f".{data.name}.tmp")
     index = np.zeros((len(files), 3), np.int64)
@@ -184,14 +211,10 @@ def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress:
         out.write(bytes(HEADER_BYTES))
         try:
             bad = _decode_into(out, index, files, pixels, draft, workers, progress)
-        except BaseException as e:  # a build cut short is of no use to anyone
-            out.close()  # Windows deletes no open file
+        except BaseException:  # a build cut short is of no use to anyone
+            with contextlib.suppress(OSError):  # flushing to a full disk fails, yet it closes
+                out.close()  # Windows deletes no open file
             tmp.unlink()
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                raise SqueezeNetError(
-                    f"{data.parent}: the disk filled up while the decoded-image cache was "
-                    f"built; {_ROOM}"
-                ) from None
             raise
         length = out.tell() - HEADER_BYTES
         out.seek(0)
@@ -207,15 +230,12 @@ def _build(files, pixels, draft, data: Path, done: Path, workers: int, progress:
     return PixelCache(data, set(bad))
 
 
-_ROOM = "free space, set SQUEEZENET_HOME, or pass --no-cache"
-
-
 def _check_space(folder: Path, need: float) -> None:
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise SqueezeNetError(
-            f"{folder}: the decoded-image cache needs about {need / 1e6:,.0f} MB more and the "
-            f"disk has {free / 1e6:,.0f} MB free; {_ROOM}"
+        raise CacheUnavailable(
+            f"{folder}: the decoded-image cache needs about {need / 1e6:,.1f} MB more and the "
+            f"disk has {free / 1e6:,.1f} MB free"
         )
 
 

@@ -34,8 +34,8 @@ class TrainConfig:
     arch: str | None = None  # default: the weights' arch, else squeezenet1_1
     weights: str | None = None  # start from these (classifier replaced if classes differ)
     num_classes: int | None = None  # default: number of class folders (or labels.csv maximum)
-    freeze_features: bool = False
-    reset_head: bool = False  # a new classifier even when the weights know the data's classes
+    freeze_features: bool | None = None  # (False) train the classifier only
+    reset_head: bool | None = None  # (False) a new classifier even for classes the weights know
     val_split: float | None = None  # share held out of a tree without train/ and val/ (0.2)
     # The recipe (recipes.py); None: the arch's from-scratch recipe, or fine-tuning's.
     epochs: int | None = None
@@ -51,8 +51,8 @@ class TrainConfig:
     label_smoothing: float | None = None
     min_scale: float | None = None  # random-resized-crop area range [min_scale, 1]
     image_size: int | None = None  # default: the arch's own (227 for v1.0, else 224)
-    seed: int = 0
-    cache: bool = True  # decode training and validation images once into memory-mapped files
+    seed: int | None = None  # (0)
+    cache: bool | None = None  # (True) decode the images once into memory-mapped files
     # Resolved, not given: whether training started from a new classifier (it then moves at
     # new_head_lr); the starting weights are not loaded again on --resume, so it is saved.
     new_classifier: bool | None = None
@@ -65,6 +65,10 @@ class TrainConfig:
     save_every: int = 0  # also save the state every N steps (0: each epoch and every 10 min)
     progress: bool = True
 
+
+# What a ``None`` above stands for when neither the options nor the saved run say (the other
+# ``None`` fields come from the data, the weights and the recipe).
+PLAIN_DEFAULTS = {"freeze_features": False, "reset_head": False, "seed": 0, "cache": True}
 
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "source")
 # Fields that define a run: a --resume that asks for other values is an error.
@@ -91,6 +95,7 @@ class Setup:
     micro: int  # images per forward per process
     accum: int  # micro-batches per optimizer step
     steps: int  # optimizer steps per epoch
+    sizing: str = ""  # how the recipe's batch and rate were sized to the data, if they were
 
 
 def prepare(cfg: TrainConfig, procs: Processes, resume: bool) -> Setup:
@@ -102,11 +107,13 @@ def prepare(cfg: TrainConfig, procs: Processes, resume: bool) -> Setup:
         cfg = dataclasses.replace(
             cfg, **{k: saved[k] for k in RUN_FIELDS if getattr(cfg, k) is None}
         )
+    cfg = with_plain_defaults(cfg)
     pretrained = load_model(cfg.weights) if cfg.weights and state is None else None
     preset = _preset(state, pretrained)
     train, val, split = train_val_datasets(cfg.data, out, cfg.val_split, cfg.seed, preset, resume)
     if state is not None:
         _check_resume_data(state, cfg, train)
+    given = cfg
     cfg = resolve(cfg, train, pretrained)
     if state is not None:
         _check_resume_settings(state, cfg)
@@ -121,7 +128,26 @@ def prepare(cfg: TrainConfig, procs: Processes, resume: bool) -> Setup:
             f"{cfg.data}: {len(train)} training images are fewer than one global "
             f"batch of {cfg.batch_size}; lower --batch-size"
         )
-    return Setup(cfg, procs, out, state, pretrained, preset, train, val, split, micro, accum, steps)
+    sizing = _sizing(given, cfg, len(train)) if state is None else ""
+    return Setup(
+        cfg, procs, out, state, pretrained, preset, train, val, split, micro, accum, steps, sizing
+    )
+
+
+def _sizing(given: TrainConfig, cfg: TrainConfig, n_train: int) -> str:
+    """Words for a from-scratch batch and rate the recipe sized to a small folder."""
+    recipe = scratch_recipe(cfg.arch)
+    if given.weights or given.batch_size or cfg.batch_size == recipe.batch_size:
+        return ""
+    rate = "" if given.lr is not None else f", lr {recipe.lr:g} scaled by the {recipe.scaling} rule"
+    return f"the recipe's batch {recipe.batch_size} sized to {n_train} images{rate}"
+
+
+def with_plain_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``PLAIN_DEFAULTS`` for the fields still ``None``."""
+    return dataclasses.replace(
+        cfg, **{k: v for k, v in PLAIN_DEFAULTS.items() if getattr(cfg, k) is None}
+    )
 
 
 def _saved_state(out: Path, resume: bool) -> dict | None:
@@ -138,6 +164,7 @@ def _preset(state: dict | None, pretrained: nn.Module | None) -> Preprocess:
 
 def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None) -> TrainConfig:
     """Fill the ``None`` fields that define the run from the data, the weights and the recipe."""
+    cfg = with_plain_defaults(cfg)
     for name in ("epochs", "batch_size", "micro_batch", "image_size"):
         if (value := getattr(cfg, name)) is not None and value < 1:
             raise SqueezeNetError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
@@ -152,7 +179,8 @@ def resolve(cfg: TrainConfig, train: ImageDataset, pretrained: nn.Module | None)
     if pretrained is not None:
         new_classifier = new_classifier_needed(cfg, pretrained, train.classes, num_classes)
     new_classifier = bool(new_classifier)
-    recipe = finetune_recipe(len(train), new_classifier) if cfg.weights else scratch_recipe(arch)
+    n = len(train)
+    recipe = finetune_recipe(n, new_classifier) if cfg.weights else scratch_recipe(arch, n)
     _check_optimizer(cfg, recipe)
     batch_size = cfg.batch_size or recipe.batch_size
     filled = {n: getattr(recipe, n) for n in RECIPE_FIELDS if getattr(cfg, n) is None}

@@ -9,10 +9,23 @@ import signal
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data.cache import PixelCache, cached_pixels, check_every_class_readable, train_pixels
+from ..data.cache import (
+    CacheUnavailable,
+    PixelCache,
+    cached_pixels,
+    check_every_class_readable,
+    train_pixels,
+)
 from ..data.datasets import collate_skipping
 from .augment import AugmentedDataset, TrainTransform
+from .checks import warn
 from .config import Setup
+
+
+def without_cache(error: CacheUnavailable) -> str:
+    """The warning of a run that goes on without the cache."""
+    return f"{error}; the run goes on without it, decoding the images every epoch"
+
 
 # Decoding workers run at the lowest priority. At equal priority a waking worker preempts one of
 # the network's threads and the other waits for it at the next parallel region; at nice 19 they
@@ -79,22 +92,36 @@ class TrainImages:
         self.order.keys = [(epoch, i) for i in order]
         return iter(self.loader)
 
-    def attach_cache(self) -> None:
+    def attach_cache(self) -> bool:
         """Training images decoded once, as the uncached epochs see them; rank 0 builds the
-        cache, then the others find it."""
+        cache, then the others find it. Whether there is one: without room for it, the images
+        are decoded every epoch."""
         images: AugmentedDataset = self.loader.dataset
         procs = self.setup.procs
         if procs.world == 1:
             images.cache = self._build_cache()
         elif procs.is_main:
             images.cache = self._build_cache()
-            dist.barrier()
+            built = [images.cache is not None]
+            dist.broadcast_object_list(built, src=0)
         else:
-            dist.barrier()
-            images.cache = self._build_cache()
-        check_every_class_readable(images.base, images.cache)
+            built = [None]
+            dist.broadcast_object_list(built, src=0)  # rank 0 built it, or could not
+            images.cache = self._build_cache() if built[0] else None
+        if images.cache is not None:
+            check_every_class_readable(images.base, images.cache)
+        return images.cache is not None
 
-    def _build_cache(self) -> PixelCache:
+    def _build_cache(self) -> PixelCache | None:
+        """The cache, or None where it cannot be built (a warning from rank 0 says so)."""
+        try:
+            return self._find_or_build()
+        except CacheUnavailable as e:
+            if self.setup.procs.is_main:
+                warn(without_cache(e))
+            return None
+
+    def _find_or_build(self) -> PixelCache:
         size, show = self.setup.cfg.image_size, self.setup.cfg.progress and self.setup.procs.is_main
         files = self.setup.train.files
         pixels = train_pixels(size)

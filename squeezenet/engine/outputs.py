@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.datasets import SPLIT_FILE
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, writable_dir
 from ..weights.load import save_model
 from .config import Setup, TrainConfig
 from .plots import plot_confusion, plot_curves
@@ -40,6 +40,7 @@ def describe(setup: Setup, model: nn.Module) -> str:
         + f", {cfg.schedule}, {cfg.image_size}px, {procs.device}"
         + (" bf16" if cfg.bf16 else "")
         + (f"; {head}" if head else "")
+        + (f"; {setup.sizing}" if setup.sizing else "")
         + split
     )
 
@@ -53,7 +54,7 @@ class RunFiles:
     def begin(self, setup: Setup, model: nn.Module) -> None:
         if not self.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        writable_dir(self.out)  # a read-only folder fails now, not after an epoch of training
         if setup.split is not None:
             atomic_write_bytes(self.out / SPLIT_FILE, json.dumps(setup.split).encode())
         print(describe(setup, model), file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,16 +12,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..io import atomic_output  # noqa: E402
+from ..io import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
-    """Write the figure as a PNG atomically and close it."""
+    """Write the figure as a PNG atomically and close it; rendered in memory first, so that a
+    failed write is an ``OSError`` of ours (``OutputError``) whatever the PNG writer does."""
+    png = io.BytesIO()
     try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(png, dpi=110, format="png")
     finally:
         plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

@@ -1,12 +1,14 @@
 """Training recipes as data: one per architecture from scratch, and one for fine-tuning.
 
 A recipe fills every training option the user did not give (``squeezenet train`` flags always
-win). Learning rates are stated for the recipe's own batch and scaled linearly with the global
-batch actually used. Each recipe names where its numbers come from.
+win). Learning rates are stated for the recipe's own batch and scaled with the global batch
+actually used (``Recipe.lr_for``); a folder too small for the recipe's batch gets a smaller one
+(``sized``). Each recipe names where its numbers come from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,6 +33,11 @@ class Recipe:
     backbone_lr: float = 1.0  # pretrained layers' rate as a fraction of ``lr`` (fine-tuning)
     new_head_lr: float = 1.0  # a new classifier's rate as a multiple of ``lr`` (fine-tuning)
     source: str = ""
+
+    @property
+    def scaling(self) -> str:
+        """``lr_for``'s rule in words."""
+        return "linear" if self.optimizer == "sgd" else "square-root"
 
     def lr_for(self, batch_size: int) -> float:
         """The peak rate for another global batch: linear for SGD; for AdamW the square root
@@ -108,9 +115,23 @@ FINETUNE = Recipe(
 )
 
 
-def scratch_recipe(arch: str) -> Recipe:
-    """The from-scratch recipe of ``arch`` (the plain SqueezeNet one for unknown names)."""
-    return SCRATCH.get(arch, _PLAIN_SQUEEZENET)
+def sized_batch(n_train: int, batch_size: int) -> int:
+    """``batch_size``, or less for a small folder: a power of two (at least 8) small enough
+    for 8 steps per epoch, so that a folder smaller than one batch still trains."""
+    return max(8, min(batch_size, 2 ** int(math.log2(max(n_train // 8, 1)))))
+
+
+def sized(recipe: Recipe, n_train: int) -> Recipe:
+    """``recipe`` with its batch sized to ``n_train`` images and its rate scaled to match."""
+    batch = sized_batch(n_train, recipe.batch_size)
+    return dataclasses.replace(recipe, batch_size=batch, lr=recipe.lr_for(batch))
+
+
+def scratch_recipe(arch: str, n_train: int | None = None) -> Recipe:
+    """The from-scratch recipe of ``arch`` (the plain SqueezeNet one for unknown names), with
+    its batch sized to ``n_train`` training images when given (``sized``)."""
+    recipe = SCRATCH.get(arch, _PLAIN_SQUEEZENET)
+    return recipe if n_train is None else sized(recipe, n_train)
 
 
 def finetune_recipe(n_train: int, new_head: bool = False) -> Recipe:
@@ -120,10 +141,7 @@ def finetune_recipe(n_train: int, new_head: bool = False) -> Recipe:
     the epochs give about ``FINETUNE_STEPS`` steps in all (twice that for a ``new_head``),
     between 3 and 50.
     """
-    batch = max(8, min(FINETUNE.batch_size, 2 ** int(math.log2(max(n_train // 8, 1)))))
-    steps = max(n_train // batch, 1)
+    recipe = sized(FINETUNE, n_train)
+    steps = max(n_train // recipe.batch_size, 1)
     budget = FINETUNE_STEPS * (NEW_HEAD_STEPS if new_head else 1)
-    epochs = min(50, max(3, round(budget / steps)))
-    return Recipe(
-        **{**FINETUNE.__dict__, "epochs": epochs, "batch_size": batch, "lr": FINETUNE.lr_for(batch)}
-    )
+    return dataclasses.replace(recipe, epochs=min(50, max(3, round(budget / steps))))

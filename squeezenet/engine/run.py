@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import math
 import random
 import sys
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..errors import SqueezeNetError
+from ..errors import OutputError, SqueezeNetError
 from ..weights.load import save_model
 from .checkpoint import STATE_FILE, save_state, set_rng_states
 from .checks import MAX_RETRIES, Diverged, Watchdog, warn
@@ -65,9 +66,11 @@ class Run:
         self.model = build_network(setup, self.memory_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.progress = Progress()
+        self.saved: str | None = None  # what state.pt holds, in words (None: no state.pt yet)
         if setup.state is not None:
             self._restore(setup.state)
             setup.state = None  # restored: its tensors are not held for the whole run
+            self.saved = self._where()
         self.net = self.model
         if procs.world > 1:
             ids = [procs.device.index] if procs.device.type == "cuda" else None
@@ -249,6 +252,27 @@ class Run:
                 "progress": dataclasses.asdict(self.progress),
             },
         )
+        self.saved = self._where()
+
+    def _where(self) -> str:
+        """Where the run is, as a saved state would name it."""
+        progress = self.progress
+        if progress.step_in_epoch == 0:
+            return f"{STATE_FILE} of epoch {progress.epoch}"
+        return f"{STATE_FILE} of step {progress.step} (epoch {progress.epoch + 1})"
+
+    def unsaved(self, error: OutputError) -> OutputError:
+        """``error`` (a file of the run not written) with what is saved and how to go on."""
+        when = (
+            "once there is room"
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else f"once {self.setup.out} can be written"
+        )
+        if self.saved is None:
+            then = f"nothing saved yet: run it again {when}"
+        else:
+            then = f"{self.saved} is intact: 'squeezenet train ... --resume' continues {when}"
+        return OutputError(f"{error}; {then}", error.path, error.cause, error.errno)
 
     def save_interrupted(self) -> None:
         """After Ctrl-C or SIGTERM: save, unless a step was cut short (``StopGuard``)."""

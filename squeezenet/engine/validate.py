@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.cache import CachedImages, PixelCache, cached_pixels
+from ..data.cache import CachedImages, CacheUnavailable, PixelCache, cached_pixels
 from ..data.datasets import ImageDataset
 from ..inference.pipeline import run as run_inference
+from .checks import warn
 from .config import Setup, micro_batch_limit
 from .distributed import sum_over_processes, val_shard
+from .loading import without_cache
 
 MAX_VALIDATIONS = 10  # per run: more epochs than this are validated every k-th epoch
 VAL_KEYS = ("val_loss", "val_top1", "val_top5", "val_n", "val_skipped")
@@ -33,14 +35,16 @@ class Validation:
     def __init__(self, setup: Setup, workers: int, memory_format: torch.memory_format) -> None:
         self.setup, self.workers, self.memory_format = setup, workers, memory_format
         self.cache: PixelCache | None = None  # found or built on the first validation
+        self.use_cache = bool(setup.cfg.cache)  # False once the disk has no room for it
 
     def __call__(self, model: nn.Module) -> tuple[dict, np.ndarray]:
         """Metrics (``VAL_KEYS``) and the confusion matrix of ``model``."""
         setup, procs, n_cls = self.setup, self.setup.procs, self.setup.cfg.num_classes
         shard = val_shard(setup.val, procs)
         images, normalize, workers = shard, None, setup.cfg.workers
-        if setup.cfg.cache:  # the center crops decoded once; each validation costs the network
-            images, normalize, workers = self._cached(shard), setup.preset.normalize, 0
+        cached = self._cached(shard) if self.use_cache else None
+        if cached is not None:  # the center crops decoded once; each validation costs the network
+            images, normalize, workers = cached, setup.preset.normalize, 0
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             # fp32 even under --bf16: the numbers must be what `evaluate` gives for the file
@@ -79,18 +83,28 @@ class Validation:
         }
         return metrics, confusion
 
-    def _cached(self, shard: ImageDataset) -> CachedImages:
-        """This process's validation images as the preset's center crops, cached."""
+    def _cached(self, shard: ImageDataset) -> CachedImages | None:
+        """This process's validation images as the preset's center crops, cached (None, with
+        a warning, where the cache cannot be built)."""
         if self.cache is None:
-            preset = self.setup.preset
-            kind = f"val{preset.resize}{'sq' if preset.square_resize else ''}"
-            self.cache = cached_pixels(
-                shard.files,
-                preset.crop,
-                preset.pixels,
-                kind,
-                draft=preset.resize,
-                workers=self.workers,
-                progress=self.setup.cfg.progress and self.setup.procs.is_main,
-            )
+            try:
+                self.cache = self._find_or_build(shard)
+            except CacheUnavailable as e:
+                if self.setup.procs.is_main:
+                    warn(without_cache(e))
+                self.use_cache = False
+                return None
         return CachedImages(shard, self.cache)
+
+    def _find_or_build(self, shard: ImageDataset) -> PixelCache:
+        preset = self.setup.preset
+        kind = f"val{preset.resize}{'sq' if preset.square_resize else ''}"
+        return cached_pixels(
+            shard.files,
+            preset.crop,
+            preset.pixels,
+            kind,
+            draft=preset.resize,
+            workers=self.workers,
+            progress=self.setup.cfg.progress and self.setup.procs.is_main,
+        )

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import PRESETS, Preprocess
-from ..errors import FormatError, SqueezeNetError
+from ..errors import FormatError, OutputError, SqueezeNetError
 from ..io import atomic_output
 from . import formats
 from .build import assign, build, describe
@@ -103,6 +103,8 @@ def _write_and_read(
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     try:
         module.save(tmp, Contents(state=state, layers=model_layers(model), meta=meta))
+    except OutputError:  # the disk, not the format: atomic_output names the file
+        raise
     except SqueezeNetError as e:
         raise FormatError(_here(e, tmp, path)) from None
     try:
