@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data.datasets import shared_dir, squeezenet_home
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS, INT8_BACKENDS, open_onnx, optimize
+from ..inference.backends import BACKENDS, INT8_BACKENDS, open_file, optimize
 from ..inference.pipeline import evaluate
 from ..inference.stream import (
     Batch,
@@ -81,7 +81,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _model_and_forward(args: argparse.Namespace) -> tuple:
     """The model (an .onnx file may run as it is) and its forward through --backend."""
-    model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
+    model = open_file(args.weights, args.backend, args.preprocess) or model_from_args(args)
     example = None
     if args.calibration and args.backend in INT8_BACKENDS:
         from ..inference.quantize import calibration_images

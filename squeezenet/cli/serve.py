@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ..errors import SqueezeNetError
-from ..inference.backends import BACKENDS, open_onnx
+from ..inference.backends import BACKENDS, open_file
 from .common import add_weights_args, model_from_args
 
 
@@ -54,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> None:
     )
     if args.threads:
         torch.set_num_threads(args.threads)  # the backends take torch's thread count
-    model = open_onnx(args.weights, args.backend, args.preprocess) or model_from_args(args)
+    model = open_file(args.weights, args.backend, args.preprocess) or model_from_args(args)
     app = create_app(
         model, backend=args.backend, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, limits=limits,
