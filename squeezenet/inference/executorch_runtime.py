@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def available() -> bool:
 
 def _runtime():
     """The ExecuTorch runtime singleton, with its threads set to torch's thread count."""
-    with quiet_stderr():
+    with quiet_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its ExperimentalWarning, on every import
         try:
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
