@@ -2,13 +2,15 @@
 
 Seeds are the real files from ../shared (Deep Compression, ncnn, Chainer, the Caffe prototxt)
 and files written from the real v1.0/v1.1 weights by this package's writers (Caffe, torchvision,
-safetensors, .sqz) or by ``torch.onnx.export``. Each input must load or end in a FormatError
+safetensors, .sqz), by ``torch.onnx.export``, or by the ExecuTorch target (a .pte, read by
+ExecuTorch's runtime where it is installed). Each input must load or end in a FormatError
 (a SqueezeNetError) naming the file, in bounded time and memory; truncations must fail.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import shutil
 import tempfile
 import warnings
@@ -24,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import squeezenet
+from squeezenet.inference.export import export
 from squeezenet.weights.formats import (
     caffe,
     chainer,
@@ -34,6 +37,11 @@ from squeezenet.weights.formats import (
     torchvision,
 )
 from squeezenet.weights.formats import onnx as onnx_format
+
+EXECUTORCH = importlib.util.find_spec("executorch") is not None
+NO_EXECUTORCH = "ExecuTorch is not installed (pip install 'squeezenet[executorch]')"
+if EXECUTORCH:
+    from squeezenet.inference.executorch_runtime import ExecuTorchModel
 
 
 @dataclass
@@ -61,6 +69,11 @@ def exported_onnx(model: torch.nn.Module, path: Path) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, torch.zeros(1, 3, 224, 224), path, dynamo=False)
+    return path.read_bytes()
+
+
+def exported_pte(model: torch.nn.Module, path: Path) -> bytes:
+    export(model, path, "executorch")
     return path.read_bytes()
 
 
@@ -102,6 +115,9 @@ def build_targets(tmp: Path) -> dict[str, Target]:
     state = {k: v.numpy() for k, v in v11.state_dict().items()}
     sqz.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
     targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, sqz.read)
+    if EXECUTORCH:  # a .pte is run as it is (never rebuilt by load_model): the runtime reads it
+        pte = {"v11.pte": exported_pte(v11, tmp / "v11.pte")}
+        targets["executorch"] = Target(pte, ExecuTorchModel, loadable=False)
     return targets
 
 
@@ -129,6 +145,7 @@ def workdir(tmp_path_factory) -> Path:
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
     "safetensors", "sqz",
+    pytest.param("executorch", marks=pytest.mark.skipif(not EXECUTORCH, reason=NO_EXECUTORCH)),
 ]  # fmt: skip
 
 

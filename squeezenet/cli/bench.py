@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=parse_int_list, default=None, help="e.g. 1,2 (default: all)")
     backends = installed_backends()
     p.add_argument(
-        "--backends", type=lambda s: s.split(","), default=backends,
-        help=f"comma-separated subset of {','.join(backends)}",
+        "--backends", type=lambda s: s.split(","), default=None,
+        help=f"comma-separated subset of {','.join(backends)} (default: all; for a .pte file, "
+        "the executorch backend of its kind)",
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=10, help="timed runs (median reported)")
     p.add_argument("--calibration", metavar="DIR", help="int8 calibration images (default: noise)")
