@@ -164,7 +164,9 @@ def test_imagenet_val_accuracy_fp32_equal_and_int8_within_a_point(files, name):
 @pytest.mark.slow
 def test_int8_backend_is_the_int8_file_calibrated_on_the_same_images(files):
     model, int8 = files("v1_1", int8=True)
-    images = calibration_images(shared_path(SAMPLE), model.weights_info.preprocess, INT8_IMAGES)
+    images = calibration_images(
+        shared_path(SAMPLE), model.weights_info.preprocess, INT8_IMAGES, progress=False
+    )
     x = photos(model)
     assert torch.equal(optimize(model, "executorch-int8", images)(x), ExecuTorchModel(int8)(x))
     with torch.no_grad():

@@ -56,7 +56,7 @@ def _runtime():
 def _reason(lines: list[str], error: Exception) -> str:
     """The runtime's last log line (without its ``[file.cpp:N]`` prefix), else the error."""
     logged = [line.split("] ", 1)[-1] for line in lines if line.startswith("[")]
-    return (logged[-1] if logged else str(error)).strip()
+    return " ".join((logged[-1] if logged else str(error)).split())
 
 
 class ExecuTorchModel(nn.Module):
@@ -76,14 +76,17 @@ class ExecuTorchModel(nn.Module):
         runtime = _runtime()
         with quiet_stderr() as lines:
             try:
-                loaded = runtime.load_program(program if program is not None else self.path)
-                self._method = loaded.load_method("forward")
-                meta = loaded.load_method(META_METHOD).execute([])[0]
-                self.max_batch = int(loaded.load_method(BATCH_METHOD).execute([])[0])
+                # the program is kept: its methods read their data from it
+                self._program = runtime.load_program(program if program is not None else self.path)
+                self._method = self._program.load_method("forward")
+                meta = self._program.load_method(META_METHOD).execute([])[0]
+                self.max_batch = int(self._program.load_method(BATCH_METHOD).execute([])[0])
             except Exception as e:  # the runtime raises RuntimeError, or worse on odd bytes
                 raise FormatError(
                     f"{self.path}: not a runnable ExecuTorch program ({_reason(lines, e)})"
                 ) from None
+        if self.max_batch < 1:
+            raise FormatError(f"{self.path}: the program's max_batch is {self.max_batch}")
         self.weights_info = _info(meta, self.path, program, preprocess)
         self.int8 = "quantization" in self.weights_info.extra
         crop = self.weights_info.preprocess.crop
