@@ -170,6 +170,8 @@ FOUND = {
     "caffe_prototxt": ("deploy.prototxt", Damage("bitflip", ((190, 0),))),  # no path
     "safetensors": ("v11.safetensors", Damage("bitflip", ((52, 0),))),  # bad 'arch', no path
 }
+if EXECUTORCH:  # a non-UTF-8 program identifier: the runtime's logging aborted the process
+    FOUND["executorch"] = ("v11.pte", Damage("bitflip", ((7, 7), (7, 1))))
 
 
 @pytest.mark.parametrize("name", TARGET_NAMES)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class ExecuTorchModel(nn.Module):
         self.path = Path(path)
         if program is None and not self.path.is_file():
             raise SqueezeNetError(f"{self.path}: no such file")
+        _check_identifier(self.path, program)
         runtime = _runtime()
         with quiet_stderr() as lines:
             try:
@@ -109,6 +111,19 @@ class ExecuTorchModel(nn.Module):
                 self._method.execute([x[i : i + self.max_batch]])[0].clone()
                 for i in range(0, len(x), self.max_batch)
             ])  # fmt: skip
+
+
+def _check_identifier(path: Path, program: bytes | None) -> None:
+    """Refuse a file whose 4-byte program identifier (bytes 4-7) is not ``ET`` and 2 digits.
+
+    The runtime logs a wrong identifier as text, and its pybind11 logging aborts the whole
+    process on bytes that are not UTF-8; the check keeps such files away from it.
+    """
+    if program is None:
+        with open(path, "rb") as f:
+            program = f.read(8)
+    if not re.fullmatch(rb"ET\d\d", program[4:8]):
+        raise FormatError(f"{path}: not an ExecuTorch program (no ETnn identifier at byte 4)")
 
 
 def _info(meta: str, path: Path, program: bytes | None, preprocess: str | None) -> WeightsInfo:

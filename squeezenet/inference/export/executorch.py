@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -48,6 +49,7 @@ def quiet_stderr() -> Iterator[list[str]]:
         try:
             yield lines
         finally:
+            sys.stderr.flush()  # the runtime also logs through Python's logging to sys.stderr
             os.dup2(saved, 2)
             os.close(saved)
             log.seek(0)
