@@ -2,14 +2,16 @@
 
 Seeds are the real files from ../shared (Deep Compression, ncnn, Chainer, the Caffe prototxt)
 and files written from the real v1.0/v1.1 weights by this package's writers (Caffe, torchvision,
-safetensors, .sqz), by ``torch.onnx.export`` or by the .pt2 target (``torch.export.save``). Each
-input must load or end in a FormatError (a SqueezeNetError) naming the file, in bounded time and
+safetensors, .sqz), by ``torch.onnx.export``, by the .pt2 target (``torch.export.save``) or by
+the ExecuTorch target (a .pte, read by ExecuTorch's runtime where it is installed). Each input
+must load or end in a FormatError (a SqueezeNetError) naming the file, in bounded time and
 memory; truncations must fail.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -36,6 +38,11 @@ from squeezenet.weights.formats import (
     torchvision,
 )
 from squeezenet.weights.formats import onnx as onnx_format
+
+EXECUTORCH = importlib.util.find_spec("executorch") is not None
+NO_EXECUTORCH = "ExecuTorch is not installed (pip install 'squeezenet[executorch]')"
+if EXECUTORCH:
+    from squeezenet.inference.executorch_runtime import ExecuTorchModel
 
 
 @dataclass
@@ -67,6 +74,11 @@ def exported_onnx(model: torch.nn.Module, path: Path) -> bytes:
 
 def exported_pt2(model: torch.nn.Module, path: Path) -> bytes:
     export(model, path, "pt2")
+    return path.read_bytes()
+
+
+def exported_pte(model: torch.nn.Module, path: Path) -> bytes:
+    export(model, path, "executorch")
     return path.read_bytes()
 
 
@@ -109,6 +121,9 @@ def build_targets(tmp: Path) -> dict[str, Target]:
     state = {k: v.numpy() for k, v in v11.state_dict().items()}
     sqz.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
     targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, sqz.read)
+    if EXECUTORCH:  # a .pte is run as it is (never rebuilt by load_model): the runtime reads it
+        pte = {"v11.pte": exported_pte(v11, tmp / "v11.pte")}
+        targets["executorch"] = Target(pte, ExecuTorchModel, loadable=False)
     return targets
 
 
@@ -136,6 +151,7 @@ def workdir(tmp_path_factory) -> Path:
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
     "pt2", "safetensors", "sqz",
+    pytest.param("executorch", marks=pytest.mark.skipif(not EXECUTORCH, reason=NO_EXECUTORCH)),
 ]  # fmt: skip
 
 
@@ -160,6 +176,8 @@ FOUND = {
     "caffe_prototxt": ("deploy.prototxt", Damage("bitflip", ((190, 0),))),  # no path
     "safetensors": ("v11.safetensors", Damage("bitflip", ((52, 0),))),  # bad 'arch', no path
 }
+if EXECUTORCH:  # a non-UTF-8 program identifier: the runtime's logging aborted the process
+    FOUND["executorch"] = ("v11.pte", Damage("bitflip", ((7, 7), (7, 1))))
 
 
 @pytest.mark.parametrize("name", TARGET_NAMES)

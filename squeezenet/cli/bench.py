@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backends", type=backend_list,
-        help="comma-separated (default: every installed backend but auto)",
+        help="comma-separated (default: every installed backend but auto; for a .pte file, the "
+        "executorch backend of its kind)",
     )  # fmt: skip
     p.add_argument(
         "--repeats", type=int_range(1, 10_000), default=10, help="timed runs (median reported)"

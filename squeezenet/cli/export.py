@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .common import LazyChoices, output_file, weights_or_default
+from ..errors import SqueezeNetError
+from .common import LazyChoices, existing_dir, output_file, weights_or_default
+
+INT8_TARGETS = ("executorch", "web")  # the targets that write int8 models (--int8)
 
 
 def _targets() -> tuple[str, ...]:
@@ -23,8 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=LazyChoices(_targets), default="onnx", help="deploy target")
     p.add_argument("-o", "--output", required=True, metavar="FILE", type=output_file)
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not 1")
-    p.add_argument("--int8", action="store_true", help="web: an int8 model (needs --calibration)")
-    p.add_argument("--calibration", metavar="DIR", help="web --int8: training images to calibrate")
+    p.add_argument(
+        "--int8", action="store_true", help="executorch, web: static int8 (needs --calibration)"
+    )
+    p.add_argument(
+        "--calibration", metavar="DIR", type=existing_dir,
+        help="int8: images to calibrate on (e.g. ../shared/data/imagenet-sample for 1000-class "
+        "models); never the images it will be evaluated on",
+    )  # fmt: skip
     p.set_defaults(run=run_export)
 
 
@@ -32,15 +41,20 @@ def run_export(args: argparse.Namespace) -> None:
     from ..inference.export import export
     from ..weights.load import load_model
 
+    if (args.int8 or args.calibration) and args.format not in INT8_TARGETS:
+        raise SqueezeNetError("--int8 and --calibration are for --format executorch or web")
+    if args.int8 and not args.calibration:
+        raise SqueezeNetError("--int8 needs --calibration DIR (images not used for evaluation)")
     model = load_model(weights_or_default(args))
     options = {"dynamic_batch": args.dynamic_batch} if args.format == "onnx" else {}
-    if args.format == "web":
+    if args.format in INT8_TARGETS:
         options = {"int8": args.int8, "calibration": args.calibration}
     export(model, args.output, args.format, **options)
     info = model.weights_info
     size = info.preprocess.crop
-    batch = "N" if args.dynamic_batch or args.format == "pt2" else "1"  # pt2: always any batch
+    # pt2 and executorch programs take any batch (executorch's up to its bound)
+    batch = "N" if args.dynamic_batch or args.format in ("pt2", "executorch") else "1"
     print(
-        f"{args.output}: {info.arch} as {args.format}, input ({batch}, 3, {size}, {size}) "
-        f"after {info.preprocess.name} preprocessing"
+        f"{args.output}: {info.arch} as {args.format}{' int8' if args.int8 else ''}, "
+        f"input ({batch}, 3, {size}, {size}) after {info.preprocess.name} preprocessing"
     )

@@ -95,10 +95,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _model_and_forward(args: argparse.Namespace, topk: int | None = None) -> tuple:
     """The model (an .onnx file may run as it is) and its forward through --backend; ``topk``
     is checked against the model's classes before the backend is built."""
-    from ..inference.backends import INT8_BACKENDS, open_onnx, optimize
+    from ..inference.backends import INT8_BACKENDS, open_file, optimize
 
     weights = weights_or_default(args)
-    model = open_onnx(weights, args.backend, args.preprocess) or model_from_args(args)
+    model = open_file(weights, args.backend, args.preprocess) or model_from_args(args)
     classes = model.weights_info.num_classes
     if topk is not None and topk > classes:
         raise SqueezeNetError(f"--topk {topk}: the model has {classes} classes")

@@ -61,7 +61,7 @@ def run_serve(args: argparse.Namespace) -> None:
         ) from None
     import torch
 
-    from ..inference.backends import open_onnx
+    from ..inference.backends import open_file
 
     limits = Limits(
         max_body_bytes=int(args.max_body_mb * 1e6),
@@ -71,7 +71,7 @@ def run_serve(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)  # the backends take torch's thread count
     weights = weights_or_default(args)
-    model = open_onnx(weights, args.backend, args.preprocess) or model_from_args(args)
+    model = open_file(weights, args.backend, args.preprocess) or model_from_args(args)
     app = create_app(
         model, backend=args.backend, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, limits=limits,

@@ -8,13 +8,16 @@
 * ``onnxruntime-int8``: static int8 (QDQ, per-channel weights) calibrated on ``example``.
 * ``openvino``, ``openvino-int8``: the same two graphs run by OpenVINO's CPU plugin (the
   optional extra ``pip install 'squeezenet[openvino]'``); in true fp32, not its default bf16.
+* ``executorch``, ``executorch-int8``: the model exported to an ExecuTorch program (XNNPACK
+  delegate; int8 by PT2E, calibrated on ``example``) run by ``executorch.runtime``; offered
+  where ExecuTorch is installed (``executorch_runtime.py``).
 * ``cuda``: a copy on the GPU (NHWC, fp32 without TF32); batches go there and logits come back.
   Offered only where a CUDA GPU is visible.
 
 Every backend runs the eval-mode model with its Fire BatchNorms folded into the convolutions
 (``fold.py``). The CPU backends use ``torch.get_num_threads()`` threads. An .onnx file (e.g. one
 written by ``squeezenet quantize``) runs as it is through ``OnnxModel``, which reads its
-preprocessing from the file.
+preprocessing from the file; a .pte file likewise through ``ExecuTorchModel``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from ..errors import SqueezeNetError
 from ..weights.detect import sha256_file
 from ..weights.formats.onnx import metadata
 from ..weights.info import WeightsInfo
+from .executorch_runtime import EXECUTORCH_BACKENDS, ExecuTorchModel, check_kind, open_pte
+from .executorch_runtime import available as executorch_available
+from .executorch_runtime import build as build_executorch
 from .export import input_shape
 from .export.onnx import onnx_model, read_onnx
 from .fold import fold_batch_norm
@@ -42,8 +48,10 @@ from .fold import fold_batch_norm
 Forward = Callable[[torch.Tensor], torch.Tensor]
 OPENVINO_BACKENDS = ("openvino", "openvino-int8")
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", *OPENVINO_BACKENDS)  # run an ONNX graph
-INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8")  # calibrate on example=, or run int8 files
+# calibrate on example=, or run int8 files
+INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8", "executorch-int8")
 BACKENDS = ["auto", "eager", "channels_last", "compile", *ONNX_BACKENDS]
+BACKENDS += list(EXECUTORCH_BACKENDS) if executorch_available() else []
 BACKENDS += ["cuda"] if torch.cuda.is_available() else []
 MICRO_BATCH = 4
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
@@ -95,6 +103,9 @@ def optimize(
     calibration data, so it must hold real preprocessed images.
     """
     check_backend(backend)
+    if isinstance(model, ExecuTorchModel):
+        check_kind(model, backend)
+        return model
     if isinstance(model, OnnxModel):
         if backend not in ("auto", *ONNX_BACKENDS):
             raise SqueezeNetError(
@@ -286,6 +297,10 @@ BUILDERS = {
     "compile": _compile,
     **{backend: _onnx_builder(backend) for backend in ONNX_BACKENDS},
     "cuda": _cuda,
+    **{
+        backend: lambda model, example, shape, b=backend: build_executorch(b, model, example)
+        for backend in EXECUTORCH_BACKENDS
+    },
 }
 
 
@@ -377,3 +392,11 @@ def open_onnx(spec: str | Path, backend: str, preprocess: str | None = None) -> 
     if int8 or backend in ("auto", "onnxruntime", "openvino"):
         return OnnxModel(path, proto, preprocess, runtime(backend))
     return None
+
+
+def open_file(spec: str | Path, backend: str, preprocess: str | None = None) -> nn.Module | None:
+    """The weights as a module running the file as it is (.onnx, .pte), else None."""
+    if Path(spec).suffix.lower() == ".pte":
+        check_backend(backend)
+        return open_pte(spec, backend, preprocess)
+    return open_onnx(spec, backend, preprocess)

@@ -26,16 +26,23 @@ from tqdm import tqdm
 
 from ..data.transforms import Preprocess
 from ..errors import SqueezeNetError
+from ..models.registry import build_model
 from ..models.stats import count_macs
 from ..weights.load import create_model, load_model
-from .backends import INT8_BACKENDS, check_backend, installed_backends, optimize
+from .backends import INT8_BACKENDS, check_backend, installed_backends, open_file, optimize
+from .executorch_runtime import ExecuTorchModel
 
 FLOOR_SIZE = 2048  # side of the square matrices of the floor's products
 FLOOR = "floor"
 
 
 def load(arch: str | None, weights: str | None) -> torch.nn.Module:
-    """The model to time: named weights or a file (checked against ``arch``), or random."""
+    """The model to time: named weights or a file (checked against ``arch``), or random.
+
+    A .pte file is run as it is (``ExecuTorchModel``).
+    """
+    if weights and Path(weights).suffix.lower() == ".pte":
+        return open_file(weights, "auto")
     if weights:
         return create_model(arch, weights=weights) if arch else load_model(weights)
     if not arch:
@@ -222,12 +229,15 @@ def bench(
     progress: bool = True,
 ) -> dict:
     """Median seconds per batch of each backend, with the floor and peak memory; see module."""
+    model = load(arch, weights)
+    info = model.weights_info
+    if isinstance(model, ExecuTorchModel):  # the file runs as it is; its arch is counted
+        backends = backends or ["executorch-int8" if model.int8 else "executorch"]
+        model = build_model(info.arch, num_classes=info.num_classes, **info.model_kwargs)
     backends = backends or installed_backends()
     threads = threads or [torch.get_num_threads()]
     for b in backends:
         check_backend(b)
-    model = load(arch, weights)
-    info = model.weights_info
     size = info.preprocess.crop
     macs = count_macs(model, size)
     del model

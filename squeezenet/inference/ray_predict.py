@@ -28,7 +28,7 @@ import torch
 from ..data.transforms import Preprocess, load_image
 from ..errors import SqueezeNetError
 from ..weights.load import load_model
-from .backends import open_onnx, optimize
+from .backends import open_file, optimize
 from .pipeline import top_classes
 from .stream import Batch
 
@@ -54,7 +54,7 @@ def _schema():
 
 def _load(weights: str, backend: str, preprocess: str | None, file_format: str | None):
     """The model as ``predict`` opens it: an .onnx file as it is, anything else loaded."""
-    return open_onnx(weights, backend, preprocess) or load_model(
+    return open_file(weights, backend, preprocess) or load_model(
         weights, file_format=file_format, preprocess=preprocess
     )
 
