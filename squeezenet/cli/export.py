@@ -14,13 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=TARGETS, default="onnx", help="deploy target")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not 1")
+    p.add_argument("--fp16", action="store_true", help="ncnn: float16 weights (half the size)")
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
     model = load_model(args.weights)
-    options = {"dynamic_batch": args.dynamic_batch} if args.format == "onnx" else {}
-    export(model, args.output, args.format, **options)
+    options = {"onnx": {"dynamic_batch": args.dynamic_batch}, "ncnn": {"fp16": args.fp16}}
+    export(model, args.output, args.format, **options.get(args.format, {}))
     info = model.weights_info
     size = info.preprocess.crop
     batch = "N" if args.dynamic_batch else "1"

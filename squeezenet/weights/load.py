@@ -70,7 +70,10 @@ def _load_model(
         meta["model_kwargs"] = {**meta["model_kwargs"], **entry.model_kwargs}
     if preprocess:
         meta["preprocess"] = preprocess
-    model = build_model(meta["arch"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    try:
+        model = build_model(meta["arch"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    except (TypeError, ValueError) as e:  # metadata naming options the builder does not have
+        raise FormatError(f"{path}: metadata describes no buildable {meta['arch']} ({e})") from None
     # 5. The weights.
     if contents.state is not None:
         state = {k: torch.from_numpy(v) for k, v in contents.state.items()}
