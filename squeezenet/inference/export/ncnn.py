@@ -231,9 +231,12 @@ def _flatten(g: _Graph, blob: str) -> str:
     return g.add("Flatten", "flatten", [blob], value.flatten(1), {})
 
 
-def build_graph(model: nn.Module, fp16: bool = False) -> _Graph:
-    """The folded eval-mode model as an ncnn graph; SqueezeNetError for what ncnn can't hold."""
-    x = torch.zeros(1, *input_shape(model))
+def build_graph(model: nn.Module, fp16: bool = False, shape: tuple | None = None) -> _Graph:
+    """The folded eval-mode model as an ncnn graph; SqueezeNetError for what ncnn can't hold.
+
+    ``shape``: the (C, H, W) input, by default the preprocessing's crop.
+    """
+    x = torch.zeros(1, *(shape or input_shape(model)))
     g = _Graph(x, fp16)
     if not hasattr(model, "features") or not hasattr(model, "classifier"):
         raise SqueezeNetError(f"ncnn export: {type(model).__name__} is not a model of this package")
@@ -267,10 +270,12 @@ def _sidecar(model: nn.Module) -> dict:
     return {**meta, SIDECAR_KEY: {"input": INPUT_BLOB, "output": OUTPUT_BLOB, **extra}}
 
 
-def files(model: nn.Module, fp16: bool = False) -> tuple[str, bytes, dict]:
-    """(``.param`` text, ``.bin`` bytes, sidecar dict) for ``model``."""
+def files(
+    model: nn.Module, fp16: bool = False, shape: tuple | None = None
+) -> tuple[str, bytes, dict]:
+    """(``.param`` text, ``.bin`` bytes, sidecar dict) for ``model`` (eval mode)."""
     model.eval()
-    graph = build_graph(fold_batch_norm(model), fp16)
+    graph = build_graph(fold_batch_norm(model), fp16, shape)
     return graph.param_text(), b"".join(graph.weights), _sidecar(model)
 
 

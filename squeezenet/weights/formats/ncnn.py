@@ -299,8 +299,8 @@ def _refuse_bin(path: Path) -> None:
         if sniff(f.read(len(MAGIC))) or path.suffix.lower() != ".bin":
             return
     raise FormatError(
-        f"{path}: an ncnn .bin holds only the weights; pass its .param "
-        f"({path.with_suffix('.param').name}), which names the .bin"
+        f"{path}: an ncnn .bin holds only the weights; pass the .param beside it "
+        f"({path.with_suffix('.param').name}) instead"
     )
 
 
