@@ -103,7 +103,8 @@ def _describe(contents: Contents) -> dict:
             arch, kwargs, num_classes = arch_of_state(contents.state)
             meta.update(arch=arch, model_kwargs=kwargs, num_classes=num_classes)
     else:
-        meta.setdefault("arch", arch_of_layers(contents.layers)[0])
+        if not meta.get("arch"):  # only then: arch_of_layers knows SqueezeNets alone
+            meta["arch"] = arch_of_layers(contents.layers)[0]
         meta["num_classes"] = int(contents.layers[-1][1]["weight"].shape[0])
     meta["model_kwargs"] = dict(meta.get("model_kwargs") or {})
     return meta
