@@ -2,7 +2,8 @@
 
 Seeds are the real files from ../shared (Deep Compression, ncnn, Chainer, the Caffe prototxt)
 and files written from the real v1.0/v1.1 weights by this package's writers (Caffe, torchvision,
-safetensors, .sqz) or by ``torch.onnx.export``. Each input must load or end in a FormatError
+safetensors, .sqz) or by ``torch.onnx.export``, and the ncnn export of the Chainer file (fp16
+.bin, BatchNorms folded, a .param.json sidecar). Each input must load or end in a FormatError
 (a SqueezeNetError) naming the file, in bounded time and memory; truncations must fail.
 """
 
@@ -24,7 +25,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import squeezenet
+from squeezenet.inference.export import export
 from squeezenet.weights.formats import (
+    Hints,
     caffe,
     chainer,
     deep_compression,
@@ -102,6 +105,12 @@ def build_targets(tmp: Path) -> dict[str, Target]:
     state = {k: v.numpy() for k, v in v11.state_dict().items()}
     sqz.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
     targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, sqz.read)
+    chainer_model = squeezenet.load_model(shared_path("weights/chainer-seed-format/weights.npz"))
+    export(chainer_model, tmp / "chainer.param", "ncnn", fp16=True)
+    targets["ncnn_export"] = Target(
+        {f: (tmp / f).read_bytes() for f in ("chainer.param", "chainer.bin", "chainer.param.json")},
+        lambda p: ncnn.load(p, Hints()),
+    )
     return targets
 
 
@@ -128,7 +137,7 @@ def workdir(tmp_path_factory) -> Path:
 
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
-    "safetensors", "sqz",
+    "safetensors", "sqz", "ncnn_export",
 ]  # fmt: skip
 
 
