@@ -53,13 +53,13 @@ def build(name: str) -> torch.nn.Module:
 
 @pytest.fixture(scope="module", params=MODELS)
 def exported(request, tmp_path_factory):
-    """(model, {False: fp32 .param, True: fp16 .param})."""
+    """(model, {False: fp32 .param, True: fp16 .param}, the photos preprocessed for it)."""
     model = build(request.param)
     folder = tmp_path_factory.mktemp(f"ncnn-{request.param}")
     paths = {fp16: folder / f"model{'16' if fp16 else '32'}.param" for fp16 in (False, True)}
     for fp16, path in paths.items():
         export(model, path, "ncnn", fp16=fp16)
-    return model, paths
+    return model, paths, photos(model)
 
 
 def photos(model: torch.nn.Module) -> torch.Tensor:
@@ -72,6 +72,7 @@ def ncnn_logits(param, x: torch.Tensor) -> torch.Tensor:
     net = ncnn.Net()
     net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
     net.opt.use_bf16_storage = False
+    net.opt.num_threads = torch.get_num_threads()
     assert net.load_param(str(param)) == 0 and net.load_model(str(param.with_suffix(".bin"))) == 0
     out = []
     for image in x.numpy():
@@ -90,8 +91,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def test_ncnn_runs_the_files_with_the_module_logits_on_real_photos(exported):
-    model, paths = exported
-    x = photos(model)
+    model, paths, x = exported
     with torch.no_grad():
         eager = model(x)
     fp32, fp16 = ncnn_logits(paths[False], x), ncnn_logits(paths[True], x)
@@ -105,13 +105,13 @@ def test_ncnn_runs_the_files_with_the_module_logits_on_real_photos(exported):
 
 @pytest.mark.parametrize("fp16", [False, True])
 def test_our_reader_reads_the_files_back_to_the_same_model(exported, fp16):
-    model, paths = exported
+    model, paths, x = exported
     back = squeezenet.load_model(paths[fp16])
     info, back_info = model.weights_info, back.weights_info
     assert (back_info.arch, back_info.model_kwargs) == (info.arch, info.model_kwargs)
     assert back_info.preprocess == info.preprocess and back_info.classes == info.classes
     assert back_info.file_format == "ncnn"
-    x = photos(model)[:3]
+    x = x[:3]
     with torch.no_grad():
         logits = back(x)
         expected = ncnn_logits(paths[True], x) if fp16 else model(x)
