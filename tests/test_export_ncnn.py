@@ -77,7 +77,7 @@ def ncnn_logits(param, x: torch.Tensor) -> torch.Tensor:
     out = []
     for image in x.numpy():
         mat = ncnn.Mat(image.shape[2], image.shape[1], image.shape[0])
-        np.array(mat, copy=False)[...] = image  # ncnn pads each channel: copy through its view
+        np.array(mat, copy=False)[...] = image  # a Mat that owns its data, filled in place
         extractor = net.create_extractor()
         extractor.input("input", mat)
         status, logits = extractor.extract("logits")

@@ -325,8 +325,8 @@ def _ncnn(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forwa
     def forward(x: torch.Tensor) -> torch.Tensor:
         out = []
         for image in x.detach().numpy():
-            # a Mat of ncnn's own, filled through its strided view: ncnn pads each channel to
-            # 16 bytes, and a Mat made from the array would point at it without copying
+            # a Mat of ncnn's own (channels padded to 16 bytes), filled through its strided
+            # view: ncnn.Mat(array) would point into the array without owning it
             mat = ncnn.Mat(width, height, channels)
             np.array(mat, copy=False)[...] = image
             extractor = net.create_extractor()
