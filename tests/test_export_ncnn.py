@@ -120,6 +120,13 @@ def test_our_reader_reads_the_files_back_to_the_same_model(exported, fp16):
     assert relative_error(logits, expected) < (1e-4 if fp16 else 1e-6)
 
 
+def test_fp16_export_of_the_ncnn_v1_1_file_reproduces_its_bin_byte_for_byte(tmp_path):
+    """The shared file is torchvision's weights written by ncnn's own tools (pnnx)."""
+    export(squeezenet.load_model(shared_path(V11)), tmp_path / "v11.param", "ncnn", fp16=True)
+    original = shared_path(V11).with_suffix(".bin").read_bytes()
+    assert (tmp_path / "v11.bin").read_bytes() == original
+
+
 def test_a_caffe_preprocessed_model_comes_back_caffe_preprocessed(tmp_path, capsys):
     out = tmp_path / "v10.param"
     argv = ["export", "--weights", str(shared_path(DC)), "--format", "ncnn", "-o", str(out)]
