@@ -107,3 +107,5 @@ def test_chainer_file_folds_exactly_to_chainers_logits(shared):
     x = torch.from_numpy(np.load(folder / "input.npy"))
     expected = torch.from_numpy(np.load(folder / "logits.npy"))
     assert relative_error(optimize(model, "onnxruntime")(x), expected) < 1e-5
+
+
