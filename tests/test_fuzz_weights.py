@@ -2,8 +2,9 @@
 
 Seeds are the real files from ../shared (Deep Compression, ncnn, Chainer, the Caffe prototxt)
 and files written from the real v1.0/v1.1 weights by this package's writers (Caffe, torchvision,
-safetensors, .sqz), by ``torch.onnx.export``, by the .pt2 target (``torch.export.save``) or by
-the ExecuTorch target (a .pte, read by ExecuTorch's runtime where it is installed). Each input
+safetensors, .sqz), by ``torch.onnx.export``, by the .pt2 target (``torch.export.save``), by
+the ExecuTorch target (a .pte, read by ExecuTorch's runtime where it is installed), and the ncnn
+export of the Chainer file (fp16 .bin, BatchNorms folded, a .param.json sidecar). Each input
 must load or end in a FormatError (a SqueezeNetError) naming the file, in bounded time and
 memory; truncations must fail.
 """
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 import squeezenet
 from squeezenet.inference.export import export
 from squeezenet.weights.formats import (
+    Hints,
     caffe,
     chainer,
     deep_compression,
@@ -121,6 +123,12 @@ def build_targets(tmp: Path) -> dict[str, Target]:
     state = {k: v.numpy() for k, v in v11.state_dict().items()}
     sqz.write(tmp / "v11.sqz", state, v11.weights_info.to_meta())
     targets["sqz"] = Target({"v11.sqz": (tmp / "v11.sqz").read_bytes()}, sqz.read)
+    chainer_model = squeezenet.load_model(shared_path("weights/chainer-seed-format/weights.npz"))
+    export(chainer_model, tmp / "chainer.param", "ncnn", fp16=True)
+    targets["ncnn_export"] = Target(
+        {f: (tmp / f).read_bytes() for f in ("chainer.param", "chainer.bin", "chainer.param.json")},
+        lambda p: ncnn.load(p, Hints()),
+    )
     if EXECUTORCH:  # a .pte is run as it is (never rebuilt by load_model): the runtime reads it
         pte = {"v11.pte": exported_pte(v11, tmp / "v11.pte")}
         targets["executorch"] = Target(pte, ExecuTorchModel, loadable=False)
@@ -150,7 +158,7 @@ def workdir(tmp_path_factory) -> Path:
 
 TARGET_NAMES = [
     "deep_compression", "ncnn", "caffe", "caffe_prototxt", "chainer", "torchvision", "onnx",
-    "pt2", "safetensors", "sqz",
+    "pt2", "safetensors", "sqz", "ncnn_export",
     pytest.param("executorch", marks=pytest.mark.skipif(not EXECUTORCH, reason=NO_EXECUTORCH)),
 ]  # fmt: skip
 

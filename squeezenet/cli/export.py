@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="int8: images to calibrate on (e.g. ../shared/data/imagenet-sample for 1000-class "
         "models); never the images it will be evaluated on",
     )  # fmt: skip
+    p.add_argument("--fp16", action="store_true", help="ncnn: float16 weights (half the size)")
     p.set_defaults(run=run_export)
 
 
@@ -46,10 +47,11 @@ def run_export(args: argparse.Namespace) -> None:
     if args.int8 and not args.calibration:
         raise SqueezeNetError("--int8 needs --calibration DIR (images not used for evaluation)")
     model = load_model(weights_or_default(args))
-    options = {"dynamic_batch": args.dynamic_batch} if args.format == "onnx" else {}
-    if args.format in INT8_TARGETS:
-        options = {"int8": args.int8, "calibration": args.calibration}
-    export(model, args.output, args.format, **options)
+    if args.fp16 and args.format != "ncnn":
+        raise SqueezeNetError("--fp16 is for --format ncnn")
+    options = {"onnx": {"dynamic_batch": args.dynamic_batch}, "ncnn": {"fp16": args.fp16}}
+    options |= {name: {"int8": args.int8, "calibration": args.calibration} for name in INT8_TARGETS}
+    export(model, args.output, args.format, **options.get(args.format, {}))
     info = model.weights_info
     size = info.preprocess.crop
     # pt2 and executorch programs take any batch (executorch's up to its bound)

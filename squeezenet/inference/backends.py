@@ -11,6 +11,8 @@
 * ``executorch``, ``executorch-int8``: the model exported to an ExecuTorch program (XNNPACK
   delegate; int8 by PT2E, calibrated on ``example``) run by ``executorch.runtime``; offered
   where ExecuTorch is installed (``executorch_runtime.py``).
+* ``ncnn``: the ncnn export (``export/ncnn.py``) run by Tencent's ncnn in fp32, image by image
+  (the optional extra ``pip install 'squeezenet[ncnn]'``): what a phone or board would run.
 * ``cuda``: a copy on the GPU (NHWC, fp32 without TF32); batches go there and logits come back.
   Offered only where a CUDA GPU is visible.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +39,7 @@ from torch import nn
 
 from ..errors import SqueezeNetError
 from ..weights.detect import sha256_file
+from ..weights.formats.ncnn import INPUT_BLOB, OUTPUT_BLOB
 from ..weights.formats.onnx import metadata
 from ..weights.info import WeightsInfo
 from .executorch_runtime import EXECUTORCH_BACKENDS, ExecuTorchModel, check_kind, open_pte
@@ -50,7 +54,8 @@ OPENVINO_BACKENDS = ("openvino", "openvino-int8")
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", *OPENVINO_BACKENDS)  # run an ONNX graph
 # calibrate on example=, or run int8 files
 INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8", "executorch-int8")
-BACKENDS = ["auto", "eager", "channels_last", "compile", *ONNX_BACKENDS]
+OPTIONAL = {"openvino": "openvino", "openvino-int8": "openvino", "ncnn": "ncnn"}  # the module
+BACKENDS = ["auto", "eager", "channels_last", "compile", *ONNX_BACKENDS, "ncnn"]
 BACKENDS += list(EXECUTORCH_BACKENDS) if executorch_available() else []
 BACKENDS += ["cuda"] if torch.cuda.is_available() else []
 MICRO_BATCH = 4
@@ -64,6 +69,8 @@ def check_backend(backend: str) -> None:
         raise SqueezeNetError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend in OPENVINO_BACKENDS:
         import_openvino(backend)
+    if backend == "ncnn":
+        import_ncnn()
 
 
 def import_openvino(backend: str = "openvino"):
@@ -77,10 +84,22 @@ def import_openvino(backend: str = "openvino"):
     return openvino
 
 
+def import_ncnn():
+    """The ``ncnn`` module, or a one-line error saying how to install it."""
+    try:
+        import ncnn
+    except ImportError:
+        raise SqueezeNetError("backend 'ncnn' needs ncnn: pip install 'squeezenet[ncnn]'") from None
+    return ncnn
+
+
 def installed_backends() -> list[str]:
     """The backends this machine can run (``auto`` left out): what ``bench`` times by default."""
-    openvino = importlib.util.find_spec("openvino") is not None
-    return [b for b in BACKENDS[1:] if openvino or b not in OPENVINO_BACKENDS]
+    return [
+        b
+        for b in BACKENDS[1:]
+        if b not in OPTIONAL or importlib.util.find_spec(OPTIONAL[b]) is not None
+    ]
 
 
 def runtime(backend: str) -> str:
@@ -291,11 +310,53 @@ def _onnx_builder(backend: str) -> Callable[[nn.Module, torch.Tensor | None, tup
     return build
 
 
+def _ncnn(model: nn.Module, example: torch.Tensor | None, shape: tuple) -> Forward:
+    """The ncnn export run by ncnn in true fp32, one image per extractor.
+
+    fp16 and bf16 storage and arithmetic are off (ncnn turns them on where the CPU has them);
+    packed layouts, Winograd and GEMM convolutions stay on (fp32: 2e-6 of the largest logit).
+    ncnn reads the graph and the weights from files, so they go through a temporary folder.
+    """
+    ncnn = import_ncnn()
+    from .export.ncnn import files
+
+    param, weights, _ = files(model, shape=shape)
+    net = ncnn.Net()
+    for option in ("fp16_storage", "fp16_arithmetic", "fp16_packed", "bf16_storage"):
+        if hasattr(net.opt, f"use_{option}"):
+            setattr(net.opt, f"use_{option}", False)
+    net.opt.num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="squeezenet-ncnn-") as folder:
+        (Path(folder) / "model.param").write_text(param)
+        (Path(folder) / "model.bin").write_bytes(weights)
+        if net.load_param(f"{folder}/model.param") or net.load_model(f"{folder}/model.bin"):
+            raise SqueezeNetError("ncnn cannot load the exported model")
+    channels, height, width = shape
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for image in x.detach().numpy():
+            # a Mat of ncnn's own (channels padded to 16 bytes), filled through its strided
+            # view: ncnn.Mat(array) would point into the array without owning it
+            mat = ncnn.Mat(width, height, channels)
+            np.array(mat, copy=False)[...] = image
+            extractor = net.create_extractor()
+            extractor.input(INPUT_BLOB, mat)
+            status, logits = extractor.extract(OUTPUT_BLOB)
+            if status != 0:
+                raise SqueezeNetError(f"ncnn failed to run the model (status {status})")
+            out.append(np.array(logits).reshape(-1))
+        return torch.from_numpy(np.stack(out))
+
+    return forward
+
+
 BUILDERS = {
     "eager": _eager,
     "channels_last": _channels_last,
     "compile": _compile,
     **{backend: _onnx_builder(backend) for backend in ONNX_BACKENDS},
+    "ncnn": _ncnn,
     "cuda": _cuda,
     **{
         backend: lambda model, example, shape, b=backend: build_executorch(b, model, example)

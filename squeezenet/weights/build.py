@@ -20,7 +20,8 @@ def describe(contents: Contents) -> dict:
             arch, kwargs, num_classes = arch_of_state(contents.state)
             meta.update(arch=arch, model_kwargs=kwargs, num_classes=num_classes)
     else:
-        meta.setdefault("arch", arch_of_layers(contents.layers)[0])
+        if not meta.get("arch"):  # only then: arch_of_layers knows SqueezeNets alone
+            meta["arch"] = arch_of_layers(contents.layers)[0]
         meta["num_classes"] = int(contents.layers[-1][1]["weight"].shape[0])
     meta["model_kwargs"] = dict(meta.get("model_kwargs") or {})
     return meta
@@ -28,7 +29,10 @@ def describe(contents: Contents) -> dict:
 
 def build(meta: dict) -> nn.Module:
     """The architecture ``meta`` describes, with random weights."""
-    return build_model(meta["arch"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    try:
+        return build_model(meta["arch"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    except (TypeError, ValueError) as e:  # metadata naming options the builder does not have
+        raise FormatError(f"metadata describes no buildable {meta['arch']} ({e})") from None
 
 
 def assign(model: nn.Module, contents: Contents, arch: str, source: str) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ...errors import SqueezeNetError
 
-TARGETS = ("onnx", "pt2", "executorch", "web")
+TARGETS = ("onnx", "pt2", "executorch", "ncnn", "web")
 
 
 def input_shape(model: nn.Module, example: torch.Tensor | None = None) -> tuple[int, int, int]:

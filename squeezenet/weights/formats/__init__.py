@@ -7,6 +7,8 @@ Each ``formats/<name>.py`` has::
     def load(path: Path, hints: Hints) -> Contents   # read the file
     def save(path: Path, contents: Contents) -> None # only where the format can be written
     WRITTEN_BY: str                                  # optional, where it is not: the command
+    def companion(path: Path) -> bool                # optional: a second file of the format's
+                                                     # pair (ncnn's .bin), claimed last
 
 ``Contents`` holds either a state dict (``state``, loaded into the model strictly by key) or a
 list of layers in data-flow order (``layers``, assigned to the model by position and shape)::
@@ -89,6 +91,9 @@ def detect(path: Path) -> str:
     for name in FORMATS:
         module = get(name)
         if suffix in module.SUFFIXES or module.sniff(head):
+            return name
+    for name in FORMATS:  # its reader says which file to pass instead
+        if getattr(get(name), "companion", lambda p: False)(path):
             return name
     raise FormatError(
         f"{path}: cannot tell the weights format from its name or first bytes; "

@@ -6,10 +6,16 @@ array ``n,v1,...,vn`` for param ``id``. Values with ``.``, ``e`` or ``E`` are fl
 
 ``.bin``: per Convolution (or InnerProduct) layer a little-endian uint32 tag, the weights
 (float16 for 0x01306B47, padded to 4 bytes; float32 for 0), then float32 biases, untagged.
+
+``NAME.param.json`` (written by ``squeezenet export --format ncnn``), when present beside the
+``.param``, holds the model's metadata (``WeightsInfo.to_meta()``: arch, classes,
+preprocessing) and under ``"ncnn"`` the blob names and where BatchNorms were folded into the
+convolutions; identity BatchNorms are put back there, so the file loads as its own arch.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,10 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FormatError
+from ..info import WeightsInfo
 from . import Contents, Hints, Layers
 
 MAGIC = "7767517"
 SUFFIXES = (".param",)
+SIDECAR_SUFFIX = ".json"  # NAME.param.json
+SIDECAR_KEY = "ncnn"  # the sidecar's own entries, beside WeightsInfo.to_meta()'s
+INPUT_BLOB, OUTPUT_BLOB = "input", "logits"  # the blobs of files this package writes
 TAG_FLOAT16 = 0x01306B47
 TAG_FLOAT32 = 0x00000000
 TAG_INT8 = 0x000D4B38
@@ -237,9 +247,80 @@ def sniff(head: bytes) -> bool:
     return head.startswith(MAGIC.encode())
 
 
+def sidecar_path(param_path: str | Path) -> Path:
+    """Where the metadata of ``NAME.param`` lies: ``NAME.param.json``."""
+    param_path = Path(param_path)
+    return param_path.with_name(param_path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(param_path: str | Path) -> dict | None:
+    """The sidecar's metadata, checked to describe a model; None when there is no sidecar."""
+    path = sidecar_path(param_path)
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FormatError(f"{path}: damaged metadata (not JSON)") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get(SIDECAR_KEY, {}), dict):
+        raise FormatError(f"{path}: damaged metadata (not a JSON object)")
+    try:
+        WeightsInfo.from_meta({**meta, "num_classes": meta.get("num_classes") or 1})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise FormatError(f"{path}: damaged metadata ({type(e).__name__}: {e})") from None
+    return meta
+
+
+def _restore_batch_norms(path: Path, layers: Layers, ncnn_meta: dict) -> Layers:
+    """Identity BatchNorms after the layers the sidecar names (the folded ones' places)."""
+    after = ncnn_meta.get("batch_norm_after") or {}
+    eps = ncnn_meta.get("batch_norm_eps", 0.0)
+    names = {name for name, _ in layers}
+    valid = isinstance(after, dict) and set(after) <= names and isinstance(eps, float)
+    if not valid or not all(isinstance(n, int) and 0 < n <= 1 << 20 for n in after.values()):
+        raise FormatError(f"{sidecar_path(path)}: damaged 'batch_norm_after' entry")
+    restored: Layers = []
+    for name, arrays in layers:
+        restored.append((name, arrays))
+        if name in after:  # scale 1/sqrt((1 - eps) + eps) = 1: the identity in eval mode
+            n = after[name]
+            identity = {"weight": np.ones(n, np.float32), "bias": np.zeros(n, np.float32)}
+            identity |= {"running_mean": np.zeros(n, np.float32)}
+            identity |= {"running_var": np.full(n, 1.0 - eps, np.float32)}
+            restored.append((f"{name}.bn", identity))
+    return restored
+
+
+def _refuse_bin(path: Path) -> None:
+    """A ``.bin`` given for the model: its graph (and so the model) is in the ``.param``."""
+    with open(path, "rb") as f:
+        if sniff(f.read(len(MAGIC))) or path.suffix.lower() != ".bin":
+            return
+    raise FormatError(
+        f"{path}: an ncnn .bin holds only the weights; pass the .param beside it "
+        f"({path.with_suffix('.param').name}) instead"
+    )
+
+
+def companion(path: Path) -> bool:
+    """Whether ``path`` is the ``.bin`` of an ncnn ``.param`` beside it."""
+    return path.suffix.lower() == ".bin" and path.with_suffix(".param").is_file()
+
+
 def load(path: Path, hints: Hints) -> Contents:
-    """Layers from the ``.param`` and the ``.bin`` beside it; conv10's padding is param 4."""
+    """Layers from the ``.param`` and the ``.bin`` beside it, with the sidecar's metadata.
+
+    A file without a sidecar is taken for torchvision-preprocessed ImageNet weights (as
+    ncnn's converters write them); conv10's padding is then its param 4.
+    """
+    _refuse_bin(path)
     layers = read(path)
+    meta = read_sidecar(path)
+    if meta is not None:
+        own = meta.pop(SIDECAR_KEY, {})
+        return Contents(layers=_restore_batch_norms(path, layers, own), meta=meta)
     convs = [layer for layer in read_param(path) if layer.type == "Convolution"]
     pad = int(convs[-1].params.get(4, 0)) if convs else 0
     meta = {"model_kwargs": {"classifier_padding": pad}, "preprocess": "torchvision"}
