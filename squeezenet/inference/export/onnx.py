@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,9 @@ def onnx_model(
     this machine's paths, FX node names) is dropped: it only made the file larger.
     """
     program = exported_program(model, example, dynamic_batch=dynamic_batch)
-    with _quiet("torch.onnx"), torch.no_grad():
+    with _quiet("torch.onnx"), torch.no_grad(), warnings.catch_warnings():
+        # torch's own deepcopy of the program warns about its LeafSpec use on every export
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
         exported = torch.onnx.export(
             program, dynamo=True, opset_version=OPSET, input_names=[INPUT],
             output_names=[OUTPUT], verbose=False,
