@@ -252,7 +252,12 @@ def add_weights_args(parser: argparse.ArgumentParser, required: bool = False) ->
         + ("" if required else "; default: pretrained weights found on this machine, said on "
            "stderr"),
     )  # fmt: skip
-    parser.add_argument("--format", choices=FORMAT_CHOICES, help="weights format, if not detected")
+    add_reading_args(parser, "weights")
+
+
+def add_reading_args(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--format, --prototxt, --preprocess: how to read the weights (``whose`` format, in help)."""
+    parser.add_argument("--format", choices=FORMAT_CHOICES, help=f"{whose} format, if not detected")
     parser.add_argument(
         "--prototxt", type=existing_file, metavar="FILE",
         help="Caffe prototxt giving layer shapes and padding",
