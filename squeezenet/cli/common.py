@@ -180,16 +180,6 @@ seed = int_range(0, MAX_SEED)
 port = int_range(1, 65535)
 
 
-def parse_int_list(text: str) -> list[int]:
-    """Comma-separated integers, any value (``int_list`` checks a range)."""
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
 def existing_dir(text: str) -> str:
     """An argparse type: a folder that exists (the text, as given)."""
     path = Path(text)
