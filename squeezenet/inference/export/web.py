@@ -25,7 +25,9 @@ from .onnx import INPUT, OUTPUT, onnx_model
 
 SUFFIXES: tuple[str, ...] = ()  # it writes a folder, not a file
 PAGE = Path(__file__).with_name("web_page")
-PAGE_FILES = ("index.html", "app.js", "squeezenet.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "bars.js", "squeezenet.js", "style.css")
+# the page files ``squeezenet serve``'s page loads from /web/ too: one copy of each for both pages
+SHARED_FILES = ("bars.js", "squeezenet.js", "style.css")
 ORT_VERSION = "1.30.0"  # as package.json pins it
 # the page's onnxruntime-web: the WASM-only script, the Emscripten loader it imports and the
 # binary that loader fetches (threaded build; run with one thread, no cross-origin isolation)
