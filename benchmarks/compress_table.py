@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from squeezenet.cli.common import parse_int_list
+from squeezenet.cli.common import int_list
 from squeezenet.compress.pipeline import Options, compress
 
 
@@ -34,7 +34,7 @@ def fixed_width_bytes(result) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--bits", type=parse_int_list, default=[8, 7, 6, 5, 4])
+    parser.add_argument("--bits", type=int_list(1, 8), default=[8, 7, 6, 5, 4])
     parser.add_argument("--sparsity", default="auto")
     parser.add_argument("--eval", type=Path, required=True)
     args = parser.parse_args()

@@ -12,13 +12,12 @@ the model's size; the medians are printed in milliseconds, with the file sizes.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from eager_batch_cost import rounds  # the same turn-taking medians
 
 import squeezenet
 from squeezenet.data.datasets import shared_dir
@@ -28,18 +27,6 @@ WEIGHTS = {
     "v1.0": "weights/deep-compression/compressed_SqueezeNet.net",
     "v1.1": "weights/ncnn/squeezenet_v1.1.ncnn.param",
 }
-
-
-def rounds(cases: dict, n: int) -> dict[str, float]:
-    """Median seconds of each case, the cases taking turns ``n`` times after a warm-up."""
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for i in range(n + 1):
-        for name, run in cases.items():
-            start = time.perf_counter()
-            run()
-            if i:
-                times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def runners(model: torch.nn.Module, folder: Path) -> tuple[dict, dict[str, int]]:

@@ -41,15 +41,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             raise OutputError(f"{path}: cannot write: {cause}", str(path), cause, e.errno) from None
         with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; give it the usual mode
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp made it 0600; give it the usual mode
         os.replace(tmp, path)
     except OSError as e:
         raise output_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def output_error(path: str | Path, error: OSError) -> OutputError:

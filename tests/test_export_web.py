@@ -381,6 +381,9 @@ def test_serve_gives_the_in_browser_files(v11, tmp_path, monkeypatch):
         wasm = client.get("/web/ort-wasm-simd-threaded.wasm")
         assert wasm.headers["content-type"] == "application/wasm"
         assert client.get("/web/squeezenet.js").text == (web.PAGE / "squeezenet.js").read_text()
+        for name in ("bars.js", "style.css"):  # the serve page draws with the exported page's
+            assert client.get(f"/web/{name}").text == (web.PAGE / name).read_text()
+        assert client.get("/web/style.css").headers["content-type"].startswith("text/css")
         assert client.get("/web/app.js").status_code == 404
         monkeypatch.setattr(web, "NODE_MODULES", tmp_path)
         missing = client.get("/web/ort.wasm.min.js")

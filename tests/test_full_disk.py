@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ NCNN = "weights/ncnn/squeezenet_v1.1.ncnn.param"
 OLD = b"the earlier file\n"
 
 
-def mount_tmpfs(where: Path, size: str) -> None:
+@contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted at ``where`` (a new folder) while in the block."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     where.mkdir()
@@ -35,33 +38,31 @@ def mount_tmpfs(where: Path, size: str) -> None:
     )  # fmt: skip
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture
 def full(tmp_path) -> Iterator[Path]:
     """A folder on a 4 MB tmpfs with 16 kB left, holding ``old.bin`` (``OLD``)."""
     where = tmp_path / "full"
-    mount_tmpfs(where, "4m")
-    try:
+    with tmpfs(where, "4m"):
         (where / "old.bin").write_bytes(OLD)
         free = os.statvfs(where).f_bavail * os.statvfs(where).f_frsize
         (where / "filler").write_bytes(bytes(free - 16 * 1024))
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture
 def read_only(tmp_path) -> Iterator[Path]:
     """A folder on a read-only tmpfs holding ``old.bin`` (``OLD``)."""
     where = tmp_path / "ro"
-    mount_tmpfs(where, "1m")
-    try:
+    with tmpfs(where, "1m"):
         (where / "old.bin").write_bytes(OLD)
         subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def fails_in_one_line(capsys, argv: list[str], where: Path, cause: str) -> str:
@@ -112,8 +113,7 @@ def test_writing_into_a_read_only_folder_is_one_line(shared, read_only, capsys, 
 def test_predict_output_on_a_full_disk_keeps_its_lines_and_resumes(shared, tmp_path, capsys):
     """The output fills the disk part-way; after room is made, --resume gives each image once."""
     where = tmp_path / "small"
-    mount_tmpfs(where, "64k")
-    try:
+    with tmpfs(where, "64k"):
         photos = sorted(shared("data/photos").iterdir())
         out = where / "out.jsonl"
         free = os.statvfs(where).f_bavail * os.statvfs(where).f_frsize
@@ -130,8 +130,6 @@ def test_predict_output_on_a_full_disk_keeps_its_lines_and_resumes(shared, tmp_p
         assert main([str(a) for a in [*argv, "--resume"]]) == 0
         files = [json.loads(line)["file"] for line in out.read_text().splitlines()]
         assert sorted(files) == sorted(map(str, photos))
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -195,8 +193,7 @@ def test_training_on_a_disk_that_fills_up_stops_in_one_line_and_resumes_to_the_s
     naming it, every file already there is left byte for byte, and once there is room again
     --resume ends with the weights of a run that never met a full disk."""
     where = tmp_path / "small"
-    mount_tmpfs(where, "64m")
-    try:
+    with tmpfs(where, "64m"):
         argv = ["train", str(shapes), *TRAIN, "--out", str(where)]
         before = fill_before(monkeypatch, where, name, nth)
         assert main(argv) == 2
@@ -223,8 +220,6 @@ def test_training_on_a_disk_that_fills_up_stops_in_one_line_and_resumes_to_the_s
             for k in want:
                 np.testing.assert_array_equal(got[k], want[k], err_msg=f"{weights} {k}")
         assert (where / "confusion.png").is_file()
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.mark.parametrize("inside", ["", "run"])
@@ -248,8 +243,7 @@ def test_training_with_no_room_for_the_image_cache_decodes_instead_and_says_so_o
     warns once, naming the cache folder, and trains to the weights of a run that had a cache;
     no part of the cache is left behind."""
     home = tmp_path / "home"
-    mount_tmpfs(home, "64k")
-    try:
+    with tmpfs(home, "64k"):
         monkeypatch.setenv("SQUEEZENET_HOME", str(home))
         out = tmp_path / "run"
         assert main(["train", str(shapes), *TRAIN, "--out", str(out)]) == 0
@@ -266,8 +260,6 @@ def test_training_with_no_room_for_the_image_cache_decodes_instead_and_says_so_o
             got, want = tensors(out / weights), tensors(uninterrupted / weights)
             for k in want:
                 np.testing.assert_array_equal(got[k], want[k], err_msg=f"{weights} {k}")
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
 
 
 def test_the_image_cache_checks_the_space_for_the_rest_after_its_first_images(
@@ -278,8 +270,7 @@ def test_the_image_cache_checks_the_space_for_the_rest_after_its_first_images(
     from conftest import coloured_shapes
 
     home = tmp_path / "home"
-    mount_tmpfs(home, "112k")
-    try:
+    with tmpfs(home, "112k"):
         monkeypatch.setenv("SQUEEZENET_HOME", str(home))
         data = coloured_shapes(tmp_path / "data", classes=2, per_class=20, side=32)
         files = sorted(data.rglob("*.png"))
@@ -291,5 +282,3 @@ def test_the_image_cache_checks_the_space_for_the_rest_after_its_first_images(
         assert not list((home / "cache").iterdir())
         cache = cached_pixels(files[:32], 32, train_pixels(32), "train", progress=False)
         assert cache.pixels(31).shape == (32, 32, 3)  # 32 of them fit
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)

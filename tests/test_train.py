@@ -24,8 +24,7 @@ from squeezenet.engine.checks import loss_is_stuck
 from squeezenet.engine.config import prepare
 from squeezenet.engine.distributed import setup_processes
 from squeezenet.engine.loading import WORKER_NICENESS, _init_worker
-from squeezenet.engine.network import make_model
-from squeezenet.engine.run import lr_factor
+from squeezenet.engine.network import lr_factor, make_model
 from squeezenet.engine.train import TrainConfig, train
 from squeezenet.weights.formats import safetensors
 from squeezenet.weights.load import load_model

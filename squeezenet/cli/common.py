@@ -180,16 +180,6 @@ seed = int_range(0, MAX_SEED)
 port = int_range(1, 65535)
 
 
-def parse_int_list(text: str) -> list[int]:
-    """Comma-separated integers, any value (``int_list`` checks a range)."""
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
 def existing_dir(text: str) -> str:
     """An argparse type: a folder that exists (the text, as given)."""
     path = Path(text)
@@ -212,11 +202,15 @@ def existing_file(text: str) -> str:
 
 def output_file(text: str) -> str:
     """An argparse type: a file to write: not a folder, in a folder that exists."""
-    path = Path(text)
-    if path.is_dir():
+    if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text}: a folder, not a file to write")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: folder {path.parent} does not exist")
+    return output_path(text)
+
+
+def output_path(text: str) -> str:
+    """An argparse type: a file or folder to write, in a folder that exists."""
+    if not Path(text).parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {Path(text).parent} does not exist")
     return text
 
 
@@ -252,7 +246,12 @@ def add_weights_args(parser: argparse.ArgumentParser, required: bool = False) ->
         + ("" if required else "; default: pretrained weights found on this machine, said on "
            "stderr"),
     )  # fmt: skip
-    parser.add_argument("--format", choices=FORMAT_CHOICES, help="weights format, if not detected")
+    add_reading_args(parser, "weights")
+
+
+def add_reading_args(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--format, --prototxt, --preprocess: how to read the weights (``whose`` format, in help)."""
+    parser.add_argument("--format", choices=FORMAT_CHOICES, help=f"{whose} format, if not detected")
     parser.add_argument(
         "--prototxt", type=existing_file, metavar="FILE",
         help="Caffe prototxt giving layer shapes and padding",

@@ -130,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=defaults.device, help="torch device, e.g. cuda")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_progress_arg(p)
-    p.set_defaults(run=run_compress)  # fmt: skip
+    p.set_defaults(run=run_compress)
 
 
 def _add_budget_args(p: argparse.ArgumentParser, defaults: _Defaults) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SqueezeNetError
-from .common import LazyChoices, existing_dir, output_file, weights_or_default
+from .common import LazyChoices, existing_dir, output_path, weights_or_default
 
 INT8_TARGETS = ("executorch", "web")  # the targets that write int8 models (--int8)
 
@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "on stderr)",
     )  # fmt: skip
     p.add_argument("--format", choices=LazyChoices(_targets), default="onnx", help="deploy target")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", type=output_file)
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", type=output_path,
+        help="the file to write (web: the folder)",
+    )  # fmt: skip
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not 1")
     p.add_argument(
         "--int8", action="store_true", help="executorch, web: static int8 (needs --calibration)"

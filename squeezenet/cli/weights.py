@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import SqueezeNetError
-from .common import FORMAT_CHOICES, LazyChoices, existing_file, model_from_args, output_file
+from .common import LazyChoices, add_reading_args, model_from_args, output_file
 
 
 def _names() -> list[str]:
@@ -30,12 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output file; its suffix picks the format: .safetensors (keeps all metadata), "
         ".pth/.pt (torchvision preset), .caffemodel (Caffe preset), .npz (old Chainer net)",
     )  # fmt: skip
-    p.add_argument("--format", choices=FORMAT_CHOICES, help="SRC's format, if not detected")
-    p.add_argument(
-        "--prototxt", type=existing_file, metavar="FILE",
-        help="Caffe prototxt giving layer shapes and padding",
-    )  # fmt: skip
-    p.add_argument("--preprocess", choices=["caffe", "torchvision"], help="override preset")
+    add_reading_args(p, "SRC's")
     p.set_defaults(run=run_convert)
     p = subparsers.add_parser("download", help="fetch named weights into the cache, hash-checked")
     p.add_argument("name", choices=LazyChoices(_names))

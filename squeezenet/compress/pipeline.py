@@ -175,23 +175,46 @@ def _log(options: Options, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _fine_tune(
+    model: nn.Module,
+    cache: Cache,
+    options: Options,
+    desc: str,
+    *,
+    epochs: float | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+) -> None:
+    """Distil ``cache``'s teacher outputs into ``model`` with the options' settings (epochs, rate
+    and seed of the centroids' fine-tuning unless given)."""
+    distill(
+        model,
+        cache,
+        epochs=options.epochs if epochs is None else epochs,
+        lr=options.lr if lr is None else lr,
+        temperature=options.temperature,
+        label_weight=options.label_weight,
+        batch_size=options.batch_size,
+        seed=options.seed if seed is None else seed,
+        progress=options.progress,
+        desc=desc,
+    )
+
+
 def prune_model(model: nn.Module, densities: dict, cache: Cache | None, options: Options) -> None:
     """Iterative magnitude pruning to ``densities``, fine-tuning after each step."""
     steps = schedule(densities, options.prune_steps)
     for i, step in enumerate(steps, start=1):
         prune(model, step)
         if cache is not None:
-            distill(
+            _fine_tune(
                 model,
                 cache,
+                options,
+                f"pruning step {i}/{len(steps)}",
                 epochs=options.prune_epochs,
                 lr=options.prune_lr,
-                temperature=options.temperature,
-                label_weight=options.label_weight,
-                batch_size=options.batch_size,
                 seed=options.seed + i,
-                progress=options.progress,
-                desc=f"pruning step {i}/{len(steps)}",
             )
     bake(model)
 
@@ -207,18 +230,7 @@ def quantize_model(
     else:
         quantize(model, bits)
     if cache is not None:
-        distill(
-            model,
-            cache,
-            epochs=options.epochs,
-            lr=options.lr,
-            temperature=options.temperature,
-            label_weight=options.label_weight,
-            batch_size=options.batch_size,
-            seed=options.seed,
-            progress=options.progress,
-            desc=f"{bits}-bit centroids",
-        )
+        _fine_tune(model, cache, options, f"{bits}-bit centroids")
     books = codebooks(model)
     bake(model)
     return books
@@ -455,18 +467,7 @@ class _Trial:
                 )
                 data, records = self._encode(model)
         if options.epochs:  # the centroids (and biases) against the original's outputs
-            distill(
-                model,
-                self.tune,
-                epochs=options.epochs,
-                lr=options.lr,
-                temperature=options.temperature,
-                label_weight=options.label_weight,
-                batch_size=options.batch_size,
-                seed=options.seed,
-                progress=options.progress,
-                desc="fine-tuning the centroids",
-            )
+            _fine_tune(model, self.tune, options, "fine-tuning the centroids")
             data, records = self._encode(model)
         candidate = Candidate(choices, planned, predicted, len(data))
         candidate.accuracy = accuracy = heldout_accuracy(model, self.held, self.labels)

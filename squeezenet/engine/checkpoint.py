@@ -61,6 +61,18 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one optimizer step on one rank (dropout draws from it)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch alike."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def save_state(run_dir: Path, state: dict) -> None:
     state = {"version": STATE_VERSION, **state, "rng": rng_states()}
     atomic_torch_save(run_dir / STATE_FILE, state)

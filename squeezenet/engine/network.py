@@ -3,6 +3,8 @@ weights with their classifier kept, cut to the data's classes or replaced, or a 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -83,3 +85,11 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
             groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
         )
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "linear") -> float:
+    """Linear warm-up to 1, then a cosine or linear decay towards 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done

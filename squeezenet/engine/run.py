@@ -7,8 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import errno
-import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -22,36 +20,17 @@ from tqdm import tqdm
 
 from ..errors import OutputError, SqueezeNetError
 from ..weights.load import save_model
-from .checkpoint import STATE_FILE, save_state, set_rng_states
+from .checkpoint import STATE_FILE, save_state, seed_everything, set_rng_states, step_seed
 from .checks import MAX_RETRIES, Diverged, Watchdog, warn
 from .config import Setup
 from .loading import TrainImages
-from .network import build_network, build_optimizer
+from .network import build_network, build_optimizer, lr_factor
 from .outputs import RunFiles
 from .progress import Progress, StepSums
 from .stop import StopGuard
 from .validate import VAL_KEYS, Validation, validates
 
 SAVE_INTERVAL_S = 600  # besides every epoch, save the state at least this often
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "linear") -> float:
-    """Linear warm-up to 1, then a cosine or linear decay towards 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The torch seed of one optimizer step on one rank (dropout draws from it)."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Run:
@@ -62,7 +41,7 @@ class Run:
         self.setup, self.cfg, self.procs = setup, cfg, procs
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.autocast = torch.autocast(procs.device.type, torch.bfloat16, enabled=cfg.bf16)
-        _seed_everything(cfg.seed)  # the initial weights (and a new classifier) draw from it
+        seed_everything(cfg.seed)  # the initial weights (and a new classifier) draw from it
         self.model = build_network(setup, self.memory_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.progress = Progress()

@@ -23,8 +23,13 @@ from ..weights.save import save_model
 from . import export as targets
 from .pipeline import evaluate
 
-EXTRA_FILES = {"onnx": "model.onnx", "pt2": "model.pt2", "executorch": "model.pte"}
-EXTRA_FILES |= {"ncnn": "model.param"}
+# the file each deploy target writes into the folder; --with takes those in export.TARGETS
+EXTRA_FILES = {
+    "onnx": "model.onnx",
+    "pt2": "model.pt2",
+    "executorch": "model.pte",
+    "ncnn": "model.param",
+}
 
 
 @dataclass

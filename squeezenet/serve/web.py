@@ -3,7 +3,9 @@
 The same files as ``squeezenet export --format web`` writes: the page's ``squeezenet.js``,
 onnxruntime-web's WASM build (from ``node_modules``), ``model.onnx`` and ``model.json``. The
 graph is the served file itself for an .onnx model (int8 included), else the module exported
-to ONNX on the first request; the photo then never leaves the browser.
+to ONNX on the first request; the photo then never leaves the browser. The page's stylesheet
+and top-5 bars (``web.SHARED_FILES``) come from here in either mode: the exported page and this
+one draw with the same files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from ..inference.export import web
 from ..inference.export.onnx import onnx_model, read_onnx
 from ..weights.formats.onnx import metadata
 
-MEDIA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm"}
+MEDIA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".wasm": "application/wasm",
+    ".css": "text/css",
+}
 
 
 class WebModel:
@@ -56,8 +63,9 @@ async def web_file(request: Request, name: str) -> Response:
     if name == web.MODEL:
         graph = await run_in_threadpool(served.graph)
         return Response(graph, media_type="application/octet-stream")
-    if name == "squeezenet.js":
-        return FileResponse(web.PAGE / name, media_type=MEDIA_TYPES[".js"])
+    if name in web.SHARED_FILES:
+        path = web.PAGE / name
+        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
     if name not in web.RUNTIME:
         raise HTTPException(404, f"/web/{name}: no such file")
     try:

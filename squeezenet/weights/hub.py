@@ -21,10 +21,6 @@ PREFIX = "hf-hub:"
 INTERPOLATION = "bilinear"  # what data.transforms resizes with
 
 
-def is_folder(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG).is_file()
-
-
 def fetch(spec: str) -> Path:
     """The local folder of ``hf-hub:ORG/NAME[@REV]``, from the Hub or its cache."""
     repo, _, revision = spec.removeprefix(PREFIX).partition("@")

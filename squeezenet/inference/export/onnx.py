@@ -8,10 +8,7 @@ with the right preprocessing by ONNX Runtime alone (see ``backends.OnnxModel``).
 from __future__ import annotations
 
 import json
-import logging
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -20,6 +17,7 @@ from torch import nn
 
 from ...errors import FormatError, SqueezeNetError
 from ...io import atomic_write_bytes
+from ...weights.formats.pt2 import quiet_logger
 from .pt2 import exported_program
 
 # The exporter translates at opset 18 and converts the graph to any other version afterwards; at
@@ -39,7 +37,7 @@ def onnx_model(
     this machine's paths, FX node names) is dropped: it only made the file larger.
     """
     program = exported_program(model, example, dynamic_batch=dynamic_batch)
-    with _quiet("torch.onnx"), torch.no_grad(), warnings.catch_warnings():
+    with quiet_logger("torch.onnx"), torch.no_grad(), warnings.catch_warnings():
         # torch's own deepcopy of the program warns about its LeafSpec use on every export
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
         exported = torch.onnx.export(
@@ -64,18 +62,6 @@ def _name_batch(graph: onnx.GraphProto) -> None:
             for dim in value.type.tensor_type.shape.dim:
                 if dim.dim_param == symbol:
                     dim.dim_param = "batch"
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Silence logger ``name``: the exporter logs each torchvision op it cannot register."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)  # its child loggers inherit the level
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def set_meta(proto: onnx.ModelProto, meta: dict) -> None:

@@ -19,13 +19,16 @@ from pathlib import Path
 from torch import nn
 
 from ...errors import SqueezeNetError
+from ...io import umask
 from ...weights.formats.onnx import metadata
 from ...weights.info import WeightsInfo
 from .onnx import INPUT, OUTPUT, onnx_model
 
 SUFFIXES: tuple[str, ...] = ()  # it writes a folder, not a file
 PAGE = Path(__file__).with_name("web_page")
-PAGE_FILES = ("index.html", "app.js", "squeezenet.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "bars.js", "squeezenet.js", "style.css")
+# the page files ``squeezenet serve``'s page loads from /web/ too: one copy of each for both pages
+SHARED_FILES = ("bars.js", "squeezenet.js", "style.css")
 ORT_VERSION = "1.30.0"  # as package.json pins it
 # the page's onnxruntime-web: the WASM-only script, the Emscripten loader it imports and the
 # binary that loader fetches (threaded build; run with one thread, no cross-origin isolation)
@@ -110,16 +113,10 @@ def write(
         (tmp / MODEL).write_bytes(graph)
         info = model_json(model.weights_info, quantization)
         (tmp / INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700: a server must read it
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700: a server must read it
         _replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _replace_folder(new: Path, path: Path) -> None:

@@ -17,29 +17,6 @@ async function showModel() {
   }
 }
 
-function showBars(top) {
-  const list = $("results");
-  list.replaceChildren();
-  for (const entry of top) {
-    const item = document.createElement("li");
-    const label = document.createElement("div");
-    label.className = "label";
-    const name = document.createElement("span");
-    name.textContent = entry.label;
-    const percent = document.createElement("span");
-    percent.textContent = `${(100 * entry.prob).toFixed(1)}%`;
-    label.append(name, percent);
-    const track = document.createElement("div");
-    track.className = "track";
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.style.width = `${(100 * entry.prob).toFixed(2)}%`;
-    track.append(bar);
-    item.append(label, track);
-    list.append(item);
-  }
-}
-
 function showResults(result, roundTripMs) {
   showBars(result.top);
   const t = result.timing;

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def read(path: str | Path) -> tuple[torch.export.ExportedProgram, dict | None]:
     """The program and its ``squeezenet.json`` (None in files from elsewhere)."""
     meta = _check_archive(path)
     try:
-        with _quiet_torch_export():
+        with quiet_logger("torch.export"):
             program = torch.export.load(str(path))
     except Exception as e:  # the deserializer raises many kinds on damaged archives
         kind = type(e).__name__
@@ -121,9 +122,10 @@ def _check_payloads(path: str | Path, kind: str, table: dict) -> None:
 
 
 @contextmanager
-def _quiet_torch_export():
-    """``torch.export.load`` logs a traceback before raising on a damaged archive."""
-    logger = logging.getLogger("torch.export")
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence logger ``name`` and its children: ``torch.export.load`` logs a traceback before
+    raising on a damaged archive, the ONNX exporter each torchvision op it cannot register."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)  # its child loggers inherit the level
     try:

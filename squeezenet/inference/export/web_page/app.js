@@ -6,29 +6,6 @@
 const $ = (id) => document.getElementById(id);
 const folder = new URL("./", document.baseURI).href;
 
-function showResults(top) {
-  const list = $("results");
-  list.replaceChildren();
-  for (const entry of top) {
-    const item = document.createElement("li");
-    const label = document.createElement("div");
-    label.className = "label";
-    const name = document.createElement("span");
-    name.textContent = entry.label;
-    const percent = document.createElement("span");
-    percent.textContent = `${(100 * entry.prob).toFixed(1)}%`;
-    label.append(name, percent);
-    const track = document.createElement("div");
-    track.className = "track";
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.style.width = `${(100 * entry.prob).toFixed(2)}%`;
-    track.append(bar);
-    item.append(label, track);
-    list.append(item);
-  }
-}
-
 function showError(err) {
   $("timing").textContent = "";
   $("error").textContent = err.message || String(err);
@@ -47,7 +24,7 @@ async function classify(classifier, blob) {
   $("hint").hidden = true;
   try {
     const result = await classifier.classify(blob);
-    showResults(result.top);
+    showBars(result.top);
     const { width, height } = result.image;
     $("timing").textContent =
       `in this browser: ${result.ms.toFixed(0)} ms (decode, preprocess and network) · ` +
