@@ -322,7 +322,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     for argv, message in [
-        (["-o", str(tmp_path / "page"), "--int8"], "int8 needs calibration images"),
+        (["-o", str(tmp_path / "page"), "--int8"], "--int8 needs --calibration DIR"),
         (["-o", str(tmp_path / "mine")], "mine: exists and is not a web export"),
         (["-o", str(tmp_path / "no" / "page")], "folder"),
     ]:
