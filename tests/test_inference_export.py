@@ -234,3 +234,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message.format(tmp=tmp_path) in err and len(err.splitlines()) == 1, err
+
+
+def test_the_graph_cache_never_serves_a_changed_model(tmp_path, monkeypatch):
+    """A second export of the same network comes from the cache; any changed tensor misses it."""
+    from squeezenet.inference.export.onnx import onnx_model
+
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path))
+    model = squeezenet.create_model("squeezenet1_1", num_classes=10)
+    first = onnx_model(model).SerializeToString()
+    assert len(list((tmp_path / "onnx").iterdir())) == 1
+    assert onnx_model(model).SerializeToString() == first
+    with torch.no_grad():
+        model.classifier[1].bias[3] += 1.0
+    x = torch.rand(2, 3, 224, 224)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_model(model).SerializeToString())
+    (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert relative_error(torch.from_numpy(logits), model(x)) < 1e-5
+    assert len(list((tmp_path / "onnx").iterdir())) == 2

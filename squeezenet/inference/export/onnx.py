@@ -7,6 +7,7 @@ with the right preprocessing by ONNX Runtime alone (see ``backends.OnnxModel``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -15,9 +16,11 @@ import onnx
 import torch
 from torch import nn
 
+from ...data.datasets import squeezenet_home
 from ...errors import FormatError, SqueezeNetError
 from ...io import atomic_write_bytes
 from ...weights.formats.pt2 import quiet_logger
+from . import input_shape
 from .pt2 import exported_program
 
 # The exporter translates at opset 18 and converts the graph to any other version afterwards; at
@@ -36,6 +39,42 @@ def onnx_model(
     torch.export-based exporter (onnxscript). Each node's debug metadata (stack traces with
     this machine's paths, FX node names) is dropped: it only made the file larger.
     """
+    cached = _cache_path(model, example, dynamic_batch)
+    if cached is None:
+        proto = _translate(model, example, dynamic_batch)
+    elif cached.is_file():
+        try:
+            proto = onnx.load(str(cached))
+        except Exception:  # a damaged cache entry is made again
+            proto = _translate(model, example, dynamic_batch)
+    else:
+        proto = _translate(model, example, dynamic_batch)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cached, proto.SerializeToString())
+        except (OSError, SqueezeNetError):  # no room or no right to cache: export every time
+            pass
+    if hasattr(model, "weights_info"):
+        set_meta(proto, model.weights_info.to_meta())
+    return proto
+
+
+def _cache_path(model: nn.Module, example: torch.Tensor | None, dynamic_batch: bool) -> Path | None:
+    """Where the graph of exactly this network is kept: the exporter takes seconds, loading it
+    milliseconds. The key covers every tensor, the module's structure, the input shape and the
+    versions that shape the graph, so a changed model never finds a stale graph."""
+    key = hashlib.sha256(repr(model).encode())
+    key.update(
+        f"{input_shape(model, example)} {dynamic_batch} {OPSET} {torch.__version__}".encode()
+    )
+    for name, tensor in model.state_dict().items():
+        key.update(name.encode())
+        key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return squeezenet_home() / "onnx" / f"{key.hexdigest()[:32]}.onnx"
+
+
+def _translate(model: nn.Module, example: torch.Tensor | None, dynamic_batch: bool):
+    """The graph, without metadata, from the torch.export-based exporter."""
     program = exported_program(model, example, dynamic_batch=dynamic_batch)
     with quiet_logger("torch.onnx"), torch.no_grad(), warnings.catch_warnings():
         # torch's own deepcopy of the program warns about its LeafSpec use on every export
@@ -49,8 +88,6 @@ def onnx_model(
     for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
         del item.metadata_props[:]
     _name_batch(graph)
-    if hasattr(model, "weights_info"):
-        set_meta(proto, model.weights_info.to_meta())
     return proto
 
 
