@@ -268,9 +268,11 @@ WRITABLE = ".safetensors, .caffemodel, .pth, .pt, .npz"
          f"here writes it; write {WRITABLE}"),
         ("c5.sqz", "c5.sqz: a .sqz (sqz) is read, not written, as weights: 'squeezenet compress' "
          f"writes it; write {WRITABLE}"),
-        ("c6.param", "c6.param: a .param (ncnn) is read, not written, as weights: nothing here "
-         f"writes it; write {WRITABLE}"),
-        ("c7.pte", f"c7.pte: unknown suffix '.pte'; weights are written as {WRITABLE}"),
+        ("c6.param", "c6.param: .param is a deploy format (ncnn), not weights: 'squeezenet "
+         f"export' writes it; convert writes {WRITABLE}"),
+        ("c7.pte", "c7.pte: .pte is a deploy format (executorch), not weights: 'squeezenet "
+         f"export' writes it; convert writes {WRITABLE}"),
+        ("c9.xyz", f"c9.xyz: unknown suffix '.xyz'; weights are written as {WRITABLE}"),
         ("c8", f"c8: no suffix; weights are written as {WRITABLE}"),
     ],
 )  # fmt: skip
