@@ -37,7 +37,7 @@ demo: install
 
 test: install-test
 	$(VENV)/bin/ruff check squeezenet tests benchmarks
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 lint: install-test
 	$(VENV)/bin/ruff check squeezenet tests benchmarks
