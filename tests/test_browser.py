@@ -2,7 +2,7 @@
 
 Drives Debian's chromium through chromedriver's W3C WebDriver HTTP API (no extra Python
 package; ``make install-test`` installs both). ``SQUEEZENET_UPDATE_SCREENSHOT=1`` also writes
-the screenshot to docs/screenshot.png, the picture in the README.
+the screenshot to docs/screenshot.png, the picture in docs/serve.md.
 """
 
 from __future__ import annotations
