@@ -31,8 +31,9 @@ install-test: $(VENV)/.installed-test node_modules/.installed
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	   chromium chromium-driver >/dev/null)
 
+# the demo leaves every job runnable: each extra installed
 demo: install
-	$(PIP) -e '.[serve]'
+	$(PIP) -e '.[serve,openvino,ray,executorch,ncnn,hub]'
 	$(VENV)/bin/squeezenet demo --shared $(SHARED)
 
 test: install-test
