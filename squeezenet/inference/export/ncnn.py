@@ -123,24 +123,25 @@ def _conv(g: _Graph, name: str, conv: nn.Conv2d, blob: str, relu: bool) -> str:
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     params = {0: conv.out_channels, 1: kw, 11: kh, 3: sw, 13: sh, 4: pw, 14: ph}
     params |= {5: int(conv.bias is not None), 6: conv.weight.numel()}
-    params |= {9: RELU} if relu else {}
-    with torch.no_grad():
-        value = conv(g.values[blob])
-    g.tensor(conv.weight, tagged=True)
-    if conv.bias is not None:
-        g.tensor(conv.bias, tagged=False)
-    return g.add("Convolution", name, [blob], value.relu() if relu else value, params)
+    return _weighted(g, "Convolution", name, conv, blob, relu, params)
 
 
 def _linear(g: _Graph, name: str, fc: nn.Linear, blob: str, relu: bool) -> str:
     params = {0: fc.out_features, 1: int(fc.bias is not None), 2: fc.weight.numel()}
+    return _weighted(g, "InnerProduct", name, fc, blob, relu, params)
+
+
+def _weighted(
+    g: _Graph, kind: str, name: str, layer: nn.Module, blob: str, relu: bool, params: dict
+) -> str:
+    """A layer with a weight (tagged) and an optional bias, its ReLU fused as activation 9."""
     params |= {9: RELU} if relu else {}
     with torch.no_grad():
-        value = fc(g.values[blob])
-    g.tensor(fc.weight, tagged=True)
-    if fc.bias is not None:
-        g.tensor(fc.bias, tagged=False)
-    return g.add("InnerProduct", name, [blob], value.relu() if relu else value, params)
+        value = layer(g.values[blob])
+    g.tensor(layer.weight, tagged=True)
+    if layer.bias is not None:
+        g.tensor(layer.bias, tagged=False)
+    return g.add(kind, name, [blob], value.relu() if relu else value, params)
 
 
 def _pool(g: _Graph, name: str, pool: nn.Module, blob: str) -> str:
